@@ -1,0 +1,46 @@
+# CUDA kernels: built when nvcc is found (IMM_EXT_CUDA=AUTO, the default), always (ON: fails
+# loudly without nvcc) or never (OFF). Architectures come from IMM_EXT_CUDA_ARCHS (default 80;90).
+# cudart is linked statically so that the module imports on machines without a driver.
+include_guard(GLOBAL)
+
+set(IMM_EXT_CUDA "$ENV{IMM_EXT_CUDA}" CACHE STRING "Build CUDA kernels: AUTO, ON or OFF")
+if(IMM_EXT_CUDA STREQUAL "")
+  set(IMM_EXT_CUDA AUTO)
+endif()
+string(TOUPPER "${IMM_EXT_CUDA}" IMM_EXT_CUDA)
+set(IMM_EXT_CUDA_ARCHS "$ENV{IMM_EXT_CUDA_ARCHS}" CACHE STRING "CUDA architectures")
+if(IMM_EXT_CUDA_ARCHS STREQUAL "")
+  set(IMM_EXT_CUDA_ARCHS "80;90")
+endif()
+
+set(IMM_EXT_WITH_CUDA OFF)
+if(NOT IMM_EXT_CUDA STREQUAL "OFF")
+  if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(CMAKE_CUDA_ARCHITECTURES "${IMM_EXT_CUDA_ARCHS}")
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(IMM_EXT_WITH_CUDA ON)
+  elseif(IMM_EXT_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "IMM_EXT_CUDA=ON but no CUDA compiler (nvcc) was found")
+  endif()
+endif()
+message(STATUS "imm_ext: CUDA kernels ${IMM_EXT_WITH_CUDA} (archs ${IMM_EXT_CUDA_ARCHS})")
+
+function(imm_ext_add_cuda_kernels target)
+  if(NOT IMM_EXT_WITH_CUDA)
+    return()
+  endif()
+  target_sources(${target} PRIVATE ${ARGN})
+  set_target_properties(${target} PROPERTIES CUDA_ARCHITECTURES "${IMM_EXT_CUDA_ARCHS}"
+                                             CUDA_RUNTIME_LIBRARY Static)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -O3>)
+  target_link_libraries(${target} PRIVATE CUDA::cudart_static)
+  string(REPLACE ";" "," archs "${IMM_EXT_CUDA_ARCHS}")
+  target_compile_definitions(${target} PRIVATE IMM_EXT_WITH_CUDA IMM_EXT_CUDA_ARCHS="${archs}"
+                                               IMM_EXT_CUDA_VERSION="${CMAKE_CUDA_COMPILER_VERSION}")
+endfunction()

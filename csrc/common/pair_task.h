@@ -1,0 +1,47 @@
+// The unit of work every pairwise kernel (CPU or CUDA) performs: rows of a set A against up to two
+// column sets B, per group g of G independent problems.
+//
+//   RowSums:  out[g, i, s] = sum_j k(a_i, b^s_j)                         (acc type, (G, n_rows, S))
+//   Matrix:   out[g, i, j] = k(a_i, b^0_j)                               (acc type, (G, n_rows, n_0))
+//   Gradient: out[g, i, :] = sum_s sum_j w^s[g, i, j] phi(a_i, b^s_j) (a_i - b^s_j)
+//                                                                        (input type, (G, n_rows, D))
+// With these three, the MMD forward is RowSums of x against (x, y) plus y against (y), its backward
+// is Gradient with per-group weights, and the kernel matrix and its backward follow the same way.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype.h"
+#include "kernel_math.h"
+
+namespace imm {
+
+enum class PairMode : int { RowSums = 0, Matrix = 1, Gradient = 2 };
+
+struct ColumnSet {
+  const void* data = nullptr;  // (G, n, D) contiguous, input dtype
+  int64_t n = 0;
+  // Gradient weight w[g, i, j] = weight[g * stride_g + i * stride_i + j * stride_j] (acc dtype);
+  // a per-group scalar has stride_i = stride_j = 0.
+  const void* weight = nullptr;
+  int64_t stride_g = 0, stride_i = 0, stride_j = 0;
+};
+
+struct PairTask {
+  PairMode mode = PairMode::RowSums;
+  DType dtype = DType::Float32;
+  KernelKind kind = KernelKind::Laplace;
+  int64_t groups = 0;
+  int64_t dim = 0;
+  const void* rows = nullptr;  // (G, n_rows, D) contiguous, input dtype
+  int64_t n_rows = 0;
+  ColumnSet sets[2];
+  int num_sets = 1;
+  const void* bandwidth = nullptr;  // (G, K) acc dtype, positive (ignored by the energy kernel)
+  int num_bandwidths = 1;
+  double distance_scale = 1.0;
+  double eps = 1e-8;
+  void* out = nullptr;
+};
+
+}  // namespace imm

@@ -1,0 +1,50 @@
+// Run-time choice among the per-instruction-set builds of cpu/pairwise_cpu.cpp.
+#include "dispatch.h"
+
+namespace imm::cpu {
+
+namespace baseline {
+void run_pair_task(const PairTask& task, int threads);
+}
+#if defined(IMM_CPU_HAS_AVX2)
+namespace avx2 {
+void run_pair_task(const PairTask& task, int threads);
+}
+#endif
+#if defined(IMM_CPU_HAS_AVX512)
+namespace avx512 {
+void run_pair_task(const PairTask& task, int threads);
+}
+#endif
+
+namespace {
+using Runner = void (*)(const PairTask&, int);
+
+struct Choice {
+  Runner run;
+  const char* name;
+};
+
+Choice choose() {
+#if defined(IMM_CPU_HAS_AVX512)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return {avx512::run_pair_task, "avx512"};
+#endif
+#if defined(IMM_CPU_HAS_AVX2)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {avx2::run_pair_task, "avx2"};
+#endif
+  return {baseline::run_pair_task, "baseline"};
+}
+
+const Choice& choice() {
+  static const Choice c = choose();
+  return c;
+}
+}  // namespace
+
+void run_pair_task(const PairTask& task, int threads) { choice().run(task, threads); }
+
+const char* selected_isa() { return choice().name; }
+
+}  // namespace imm::cpu

@@ -1,0 +1,12 @@
+"""imm_ext: Inductive Moment Matching (Zhou, Ermon, Song, ICML 2025) with a C++/CUDA core.
+
+Pairwise kernels and MMD (`mmd_loss`, `MMDLoss`, `pairwise_kernel`) run on hand-written CPU and CUDA
+kernels; `imm_ext.kernels` exposes the same computations on numpy and CuPy arrays.
+"""
+from ._core import build_info
+from .ops import MMDLoss, mmd_loss, pairwise_kernel
+from . import kernels
+
+__version__ = build_info()["version"]
+
+__all__ = ["MMDLoss", "build_info", "kernels", "mmd_loss", "pairwise_kernel", "__version__"]

@@ -1,0 +1,174 @@
+"""torch.library custom ops over the compiled pairwise kernels, with fake and autograd kernels.
+
+Three ops, all on (G, N, D) point sets and a (G, K) bandwidth table in the accumulation dtype:
+  imm_ext::mmd_block_sums(x, y)        -> (G, 3): sum k(x, x'), sum k(y, y'), sum k(x, y)
+  imm_ext::pairwise_kernel_matrix(x, y) -> (G, N, M) kernel matrix (dtype of x)
+  imm_ext::pair_gradient(rows, cols0, w0, cols1, w1)
+      -> (G, R, D): sum_s sum_j w_s[g, i, j] dk(r_i, c^s_j)/dr_i, the backward of both ops above.
+The weights w_s may be any strided view (stride 0 for a per-set scalar), so the MMD backward is one
+pass over each side and never materialises an N x M matrix. Tensors on a device without a compiled
+kernel (CUDA when built without nvcc, MPS, ...) take the pure-PyTorch path of reference.py.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _core
+from . import reference
+from .options import accumulate_dtype
+
+Tensor = torch.Tensor
+
+
+def _has_kernel(t: Tensor) -> bool:
+    return t.device.type == "cpu" or (t.device.type == "cuda" and _core.WITH_CUDA)
+
+
+def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, distance_scale: float,
+            eps: float, out: Tensor) -> None:
+    """sets: list of (cols, weight or None); every tensor already on rows.device."""
+    specs = []
+    for cols, weight in sets:
+        if weight is None:
+            specs.append((cols.data_ptr(), cols.shape[1], 0, 0, 0, 0))
+        else:
+            specs.append((cols.data_ptr(), cols.shape[1], weight.data_ptr(), *weight.stride()))
+    args = (mode, str(rows.dtype).removeprefix("torch."), _core.KERNEL_CODES[kernel], rows.shape[0],
+            rows.shape[2], rows.data_ptr(), rows.shape[1], specs, bandwidth.data_ptr(),
+            bandwidth.shape[1], distance_scale, eps, out.data_ptr())
+    if rows.device.type == "cpu":
+        _core.launch(*args, device="cpu", threads=torch.get_num_threads())
+    else:
+        with torch.cuda.device(rows.device):
+            stream = torch.cuda.current_stream(rows.device).cuda_stream
+            _core.launch(*args, device="cuda", stream=stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# imm_ext::mmd_block_sums
+
+@torch.library.custom_op("imm_ext::mmd_block_sums", mutates_args=())
+def mmd_block_sums(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distance_scale: float,
+                   eps: float) -> Tensor:
+    """Per-set sums of the three kernel blocks, (G, 3) in the accumulation dtype."""
+    x, y, bandwidth = x.contiguous(), y.contiguous(), bandwidth.contiguous()
+    acc = accumulate_dtype(x.dtype)
+    if not _has_kernel(x):
+        blocks = [reference.kernel_matrix(a.to(acc), b.to(acc), bandwidth, kernel, distance_scale, eps)
+                  for a, b in ((x, x), (y, y), (x, y))]
+        return torch.stack([k.sum((1, 2)) for k in blocks], 1)
+    g, n, m = x.shape[0], x.shape[1], y.shape[1]
+    x_rows = torch.empty(g, n, 2, dtype=acc, device=x.device)
+    y_rows = torch.empty(g, m, 1, dtype=acc, device=x.device)
+    _launch(_core.MODE_ROW_SUMS, x, [(x, None), (y, None)], bandwidth, kernel, distance_scale, eps, x_rows)
+    _launch(_core.MODE_ROW_SUMS, y, [(y, None)], bandwidth, kernel, distance_scale, eps, y_rows)
+    return torch.stack([x_rows[..., 0].sum(1), y_rows[..., 0].sum(1), x_rows[..., 1].sum(1)], 1)
+
+
+@mmd_block_sums.register_fake
+def _(x, y, bandwidth, kernel, distance_scale, eps):
+    return x.new_empty((x.shape[0], 3), dtype=accumulate_dtype(x.dtype))
+
+
+def _mmd_block_sums_setup(ctx, inputs, output):
+    x, y, bandwidth, kernel, distance_scale, eps = inputs
+    ctx.save_for_backward(x, y, bandwidth)
+    ctx.options = (kernel, distance_scale, eps)
+
+
+def _mmd_block_sums_backward(ctx, grad):
+    x, y, bandwidth = ctx.saved_tensors
+    g, n, m = x.shape[0], x.shape[1], y.shape[1]
+    # L = a * Sxx + b * Syy + c * Sxy with (a, b, c) = grad[:, 0..2]; symmetric blocks count twice.
+    per_set = lambda col, factor, rows, cols: (factor * grad[:, col]).view(g, 1, 1).expand(g, rows, cols)
+    grad_x = grad_y = None
+    if ctx.needs_input_grad[0]:
+        grad_x = pair_gradient(x, x, per_set(0, 2.0, n, n), y, per_set(2, 1.0, n, m), bandwidth, *ctx.options)
+    if ctx.needs_input_grad[1]:
+        grad_y = pair_gradient(y, y, per_set(1, 2.0, m, m), x, per_set(2, 1.0, m, n), bandwidth, *ctx.options)
+    return grad_x, grad_y, None, None, None, None
+
+
+mmd_block_sums.register_autograd(_mmd_block_sums_backward, setup_context=_mmd_block_sums_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# imm_ext::pairwise_kernel_matrix
+
+@torch.library.custom_op("imm_ext::pairwise_kernel_matrix", mutates_args=())
+def pairwise_kernel_matrix(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distance_scale: float,
+                           eps: float) -> Tensor:
+    """(G, N, M) matrix k(x_i, y_j), summed over bandwidths, in the dtype of x."""
+    x, y, bandwidth = x.contiguous(), y.contiguous(), bandwidth.contiguous()
+    acc = accumulate_dtype(x.dtype)
+    if not _has_kernel(x):
+        return reference.kernel_matrix(x.to(acc), y.to(acc), bandwidth, kernel, distance_scale, eps).to(x.dtype)
+    out = torch.empty(x.shape[0], x.shape[1], y.shape[1], dtype=acc, device=x.device)
+    _launch(_core.MODE_MATRIX, x, [(y, None)], bandwidth, kernel, distance_scale, eps, out)
+    return out.to(x.dtype)
+
+
+@pairwise_kernel_matrix.register_fake
+def _(x, y, bandwidth, kernel, distance_scale, eps):
+    return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
+
+
+def _matrix_setup(ctx, inputs, output):
+    x, y, bandwidth, kernel, distance_scale, eps = inputs
+    ctx.save_for_backward(x, y, bandwidth)
+    ctx.options = (kernel, distance_scale, eps)
+
+
+def _matrix_backward(ctx, grad):
+    x, y, bandwidth = ctx.saved_tensors
+    weight = grad.to(accumulate_dtype(x.dtype))
+    grad_x = grad_y = None
+    if ctx.needs_input_grad[0]:
+        grad_x = pair_gradient(x, y, weight, None, None, bandwidth, *ctx.options)
+    if ctx.needs_input_grad[1]:
+        grad_y = pair_gradient(y, x, weight.transpose(1, 2), None, None, bandwidth, *ctx.options)
+    return grad_x, grad_y, None, None, None, None
+
+
+pairwise_kernel_matrix.register_autograd(_matrix_backward, setup_context=_matrix_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# imm_ext::pair_gradient
+
+@torch.library.custom_op("imm_ext::pair_gradient", mutates_args=())
+def pair_gradient(rows: Tensor, cols0: Tensor, weight0: Tensor, cols1: Optional[Tensor],
+                  weight1: Optional[Tensor], bandwidth: Tensor, kernel: str, distance_scale: float,
+                  eps: float) -> Tensor:
+    """sum_s sum_j w_s[g, i, j] * d k(rows_i, cols^s_j) / d rows_i, shaped and typed like rows."""
+    rows, bandwidth = rows.contiguous(), bandwidth.contiguous()
+    sets = [(cols0.contiguous(), weight0)]
+    if cols1 is not None:
+        sets.append((cols1.contiguous(), weight1))
+    if not _has_kernel(rows):
+        return _fallback_gradient(rows, sets, bandwidth, kernel, distance_scale, eps)
+    out = torch.empty_like(rows)
+    _launch(_core.MODE_GRADIENT, rows, sets, bandwidth, kernel, distance_scale, eps, out)
+    return out
+
+
+@pair_gradient.register_fake
+def _(rows, cols0, weight0, cols1, weight1, bandwidth, kernel, distance_scale, eps):
+    return torch.empty_like(rows, memory_format=torch.contiguous_format)
+
+
+def _fallback_gradient(rows, sets, bandwidth, kernel, distance_scale, eps):
+    """Analytic gradient in plain PyTorch: phi = c k'(d) / ||r - c|| (0 inside the eps clamp)."""
+    acc = accumulate_dtype(rows.dtype)
+    r = rows.to(acc)
+    grad = torch.zeros_like(r)
+    h = bandwidth[:, None, None, :]
+    for cols, weight in sets:
+        c = cols.to(acc)
+        norm = reference.distances(r, c)
+        slope = reference.kernel_slope(distance_scale * norm[..., None], h, kernel).sum(-1)
+        phi = torch.where(norm <= eps, torch.zeros_like(norm), distance_scale * slope / norm) * weight
+        grad += phi.sum(-1, keepdim=True) * r - phi @ c
+    return grad.to(rows.dtype)

@@ -1,0 +1,103 @@
+"""Pure-PyTorch references for the pairwise-kernel ops: same signatures, plain autograd.
+
+They materialise the (G, N, M, D) difference tensor, so they are for tests, for checking, and for
+devices that have no compiled kernel; the compiled ops never build it. Distances come from explicit
+differences (as in the kernels) and are clamped below at eps before scaling:
+    d = c * max(||x - y||, eps),   c = distance_scale.
+"""
+from __future__ import annotations
+
+import torch
+
+from .options import (ESTIMATORS, KERNELS, REDUCTIONS, Bandwidth, DistanceScale, accumulate_dtype,
+                      bandwidth_table, check_choice, check_eps, check_point_sets,
+                      resolve_distance_scale)
+
+
+def kernel_profile(d: torch.Tensor, bandwidth: torch.Tensor, kernel: str) -> torch.Tensor:
+    """k(d) for one bandwidth h (broadcast against d): laplace exp(-d/h), gaussian exp(-d^2/(2h^2)),
+    energy -d, imq (1 + d^2/h^2)^(-1/2)."""
+    if kernel == "laplace":
+        return torch.exp(-d / bandwidth)
+    if kernel == "gaussian":
+        return torch.exp(-0.5 * (d / bandwidth) ** 2)
+    if kernel == "energy":
+        return torch.broadcast_to(-d, torch.broadcast_shapes(d.shape, bandwidth.shape))
+    return torch.rsqrt(1 + (d / bandwidth) ** 2)
+
+
+def kernel_slope(d: torch.Tensor, bandwidth: torch.Tensor, kernel: str) -> torch.Tensor:
+    """dk/dd of `kernel_profile`, for the analytic gradients of the kernel-less fallback."""
+    if kernel == "laplace":
+        return -torch.exp(-d / bandwidth) / bandwidth
+    if kernel == "gaussian":
+        return -d / bandwidth**2 * torch.exp(-0.5 * (d / bandwidth) ** 2)
+    if kernel == "energy":
+        return torch.full(torch.broadcast_shapes(d.shape, bandwidth.shape), -1.0, dtype=d.dtype, device=d.device)
+    return -d / bandwidth**2 * torch.rsqrt(1 + (d / bandwidth) ** 2) ** 3
+
+
+def distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(G, N, M) Euclidean distances from explicit differences."""
+    return ((x[:, :, None, :] - y[:, None, :, :]) ** 2).sum(-1).sqrt()
+
+
+def kernel_matrix(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.Tensor, kernel: str,
+                  distance_scale: float, eps: float) -> torch.Tensor:
+    """(G, N, M) kernel matrix summed over the K bandwidths of `bandwidths` (G, K)."""
+    squared = ((x[:, :, None, :] - y[:, None, :, :]) ** 2).sum(-1)
+    d = distance_scale * squared.clamp_min(eps * eps).sqrt()  # clamp before sqrt: finite gradient
+    h = bandwidths[:, None, None, :]
+    return kernel_profile(d[..., None], h, kernel).sum(-1)
+
+
+def pairwise_kernel_reference(x: torch.Tensor, y: torch.Tensor, *, kernel: str,
+                              bandwidth: Bandwidth = 1.0, distance_scale: DistanceScale = None,
+                              eps: float = 1e-8) -> torch.Tensor:
+    """Reference for `imm_ext.pairwise_kernel`."""
+    check_choice("kernel", kernel, KERNELS)
+    sets = check_point_sets(x, y)
+    acc = accumulate_dtype(sets.x.dtype)
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, acc)
+    scale = resolve_distance_scale(distance_scale, sets.dim)
+    k = kernel_matrix(sets.x.to(acc), sets.y.to(acc), h, kernel, scale, check_eps(eps)).to(sets.x.dtype)
+    return k if sets.batched else k[0]
+
+
+def mmd_loss_reference(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "laplace",
+                       bandwidth: Bandwidth = 1.0, estimator: str = "biased",
+                       distance_scale: DistanceScale = None, reduction: str = "mean",
+                       eps: float = 1e-8) -> torch.Tensor:
+    """Reference for `imm_ext.mmd_loss`: squared MMD from the three full kernel matrices."""
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    sets = check_point_sets(x, y)
+    acc = accumulate_dtype(sets.x.dtype)
+    n, m = sets.x.shape[1], sets.y.shape[1]
+    if estimator == "unbiased" and min(n, m) < 2:
+        raise ValueError(f"estimator='unbiased' needs at least 2 points in x and in y; got N={n}, M={m}")
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, acc)
+    scale = resolve_distance_scale(distance_scale, sets.dim)
+    eps = check_eps(eps)
+    xa, ya = sets.x.to(acc), sets.y.to(acc)
+    kxx = kernel_matrix(xa, xa, h, kernel, scale, eps)
+    kyy = kernel_matrix(ya, ya, h, kernel, scale, eps)
+    kxy = kernel_matrix(xa, ya, h, kernel, scale, eps)
+    if estimator == "biased":
+        mmd = kxx.mean((1, 2)) + kyy.mean((1, 2)) - 2 * kxy.mean((1, 2))
+    else:
+        off_x = ~torch.eye(n, dtype=torch.bool, device=xa.device)
+        off_y = ~torch.eye(m, dtype=torch.bool, device=xa.device)
+        mmd = ((kxx * off_x).sum((1, 2)) / (n * (n - 1)) + (kyy * off_y).sum((1, 2)) / (m * (m - 1))
+               - 2 * kxy.mean((1, 2)))
+    return reduce_per_set(mmd, reduction, sets.batched)
+
+
+def reduce_per_set(values: torch.Tensor, reduction: str, batched: bool) -> torch.Tensor:
+    """Apply `reduction` to per-set values (G,); unbatched input with 'none' gives a 0-d tensor."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values if batched else values[0]

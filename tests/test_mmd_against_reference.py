@@ -1,0 +1,135 @@
+"""mmd_loss and pairwise_kernel agree with the pure-PyTorch reference: values and gradients, every
+kernel, estimator, reduction and bandwidth form, on hypothesis-drawn shapes (including N = 1, D = 1,
+odd sizes), both CPU layouts (narrow: small D, large sets; wide: large D, small sets)."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import imm_ext
+from imm_ext.ops import mmd_loss_reference, pairwise_kernel_reference
+
+from conftest import TOLERANCE, random_sets
+
+KERNELS = ["laplace", "gaussian", "energy", "imq"]
+
+
+def compare(fn, ref, x, y, tol, **options):
+    x1, y1 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    out, expected = fn(x1, y1, **options), ref(x2, y2, **options)
+    torch.testing.assert_close(out, expected, **tol)
+    weight = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weight).sum(), (x1, y1))
+    expected_grads = torch.autograd.grad((expected * weight).sum(), (x2, y2))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, **tol)
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 9))
+
+
+@given(shape=shapes, kernel=st.sampled_from(KERNELS), estimator=st.sampled_from(["biased", "unbiased"]),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))
+def test_mmd_small_shapes(shape, kernel, estimator, reduction, seed):
+    g, n, m, d = shape
+    if estimator == "unbiased":
+        n, m = max(n, 2), max(m, 2)
+    x, y = random_sets(g, n, m, d, seed=seed)
+    compare(imm_ext.mmd_loss, mmd_loss_reference, x, y, TOLERANCE[torch.float64], kernel=kernel,
+            bandwidth=1.7, estimator=estimator, reduction=reduction)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("g,n,m,d", [(2, 70, 45, 3), (1, 33, 130, 17), (3, 64, 64, 64), (1, 20, 19, 1)])
+def test_mmd_narrow_layout(kernel, g, n, m, d):
+    x, y = random_sets(g, n, m, d, seed=n + m + d)
+    compare(imm_ext.mmd_loss, mmd_loss_reference, x, y, TOLERANCE[torch.float64], kernel=kernel,
+            bandwidth=[0.5, 2.0], reduction="none")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("g,n,m,d", [(5, 4, 4, 300), (2, 3, 5, 257), (1, 1, 1, 65), (2, 20, 7, 80)])
+def test_mmd_wide_layout_imm_style(kernel, g, n, m, d):
+    x, y = random_sets(g, n, m, d, seed=d)
+    bandwidth = torch.rand(g, dtype=torch.float64) * 50 + 1  # IMM: one bandwidth per group
+    compare(imm_ext.mmd_loss, mmd_loss_reference, x, y, TOLERANCE[torch.float64], kernel=kernel,
+            bandwidth=bandwidth, distance_scale="dim", reduction="none")
+
+
+@pytest.mark.parametrize("bandwidth", [0.3, [0.1, 1.0, 10.0], "per-set", "per-set-multi", "scalar-tensor"])
+def test_bandwidth_forms(bandwidth):
+    x, y = random_sets(3, 6, 5, 4, seed=1)
+    if bandwidth == "per-set":
+        bandwidth = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64)
+    elif bandwidth == "per-set-multi":
+        bandwidth = torch.tensor([[0.5, 1.0], [1.0, 2.0], [4.0, 8.0]], dtype=torch.float64)
+    elif bandwidth == "scalar-tensor":
+        bandwidth = torch.tensor(0.7)
+    for kernel in ("laplace", "gaussian", "imq"):
+        compare(imm_ext.mmd_loss, mmd_loss_reference, x, y, TOLERANCE[torch.float64], kernel=kernel,
+                bandwidth=bandwidth, reduction="none")
+
+
+def test_multi_bandwidth_is_sum_of_kernels():
+    x, y = random_sets(2, 5, 6, 3, seed=2)
+    both = imm_ext.mmd_loss(x, y, bandwidth=[0.5, 3.0], reduction="none")
+    separate = imm_ext.mmd_loss(x, y, bandwidth=0.5, reduction="none") + imm_ext.mmd_loss(
+        x, y, bandwidth=3.0, reduction="none")
+    torch.testing.assert_close(both, separate)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("g,n,m,d", [(4, 4, 4, 200), (1, 50, 40, 3)])
+def test_low_precision_matches_float64_reference_on_same_values(dtype, g, n, m, d):
+    x, y = random_sets(g, n, m, d, dtype=dtype, seed=3)
+    x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+    xl, yl = x.clone().requires_grad_(), y.clone().requires_grad_()
+    options = dict(kernel="laplace", bandwidth=2.0, distance_scale="dim", reduction="sum")
+    out = imm_ext.mmd_loss(xl, yl, **options)
+    expected = mmd_loss_reference(x64, y64, **options)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-6)
+    out.backward()
+    expected.backward()
+    assert xl.grad.dtype == dtype and yl.grad.dtype == dtype
+    # Gradients are accumulated in float32, then rounded once to the storage dtype.
+    torch.testing.assert_close(xl.grad.double(), x64.grad.to(dtype).double(), **TOLERANCE[dtype])
+    torch.testing.assert_close(yl.grad.double(), y64.grad.to(dtype).double(), **TOLERANCE[dtype])
+
+
+@given(shape=shapes, kernel=st.sampled_from(KERNELS), seed=st.integers(0, 2**16))
+def test_pairwise_kernel_small_shapes(shape, kernel, seed):
+    g, n, m, d = shape
+    x, y = random_sets(g, n, m, d, seed=seed)
+    compare(imm_ext.pairwise_kernel, pairwise_kernel_reference, x, y, TOLERANCE[torch.float64],
+            kernel=kernel, bandwidth=[0.8, 2.5], distance_scale=0.5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_pairwise_kernel_narrow_layout_and_unbatched(kernel):
+    x, y = random_sets(1, 150, 70, 5, seed=4, batched=False)
+    compare(imm_ext.pairwise_kernel, pairwise_kernel_reference, x, y, TOLERANCE[torch.float64],
+            kernel=kernel, bandwidth=1.1)
+    assert imm_ext.pairwise_kernel(x, y, kernel=kernel).shape == (150, 70)
+
+
+def test_non_contiguous_inputs():
+    base_x, base_y = random_sets(3, 8, 12, 10, seed=5)
+    x, y = base_x[:, :, ::2], base_y[:, ::2, 1::2]  # strided views
+    assert not x.is_contiguous() and not y.is_contiguous()
+    compare(imm_ext.mmd_loss, mmd_loss_reference, x, y, TOLERANCE[torch.float64], reduction="none")
+    compare(imm_ext.pairwise_kernel, pairwise_kernel_reference, x, y, TOLERANCE[torch.float64],
+            kernel="gaussian")
+
+
+def test_unbatched_input_gives_scalar():
+    x, y = random_sets(1, 7, 9, 3, seed=6, batched=False)
+    assert imm_ext.mmd_loss(x, y, reduction="none").shape == ()
+    torch.testing.assert_close(imm_ext.mmd_loss(x, y), mmd_loss_reference(x, y))
+
+
+def test_mixed_dtypes_promote():
+    x, y = random_sets(2, 5, 5, 3, seed=7)
+    out = imm_ext.mmd_loss(x.float(), y)
+    torch.testing.assert_close(out, mmd_loss_reference(x.float().double(), y))
