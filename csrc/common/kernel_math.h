@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define IMM_HD __host__ __device__ __forceinline__
@@ -20,141 +21,209 @@ namespace imm {
 
 enum class KernelKind : int { Laplace = 0, Gaussian = 1, Energy = 2, InverseMultiquadric = 3 };
 
+// A value of type V (scalar, or GCC vector with every lane) equal to s.
+template <class V, class S>
+IMM_HD V splat(S s) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return static_cast<V>(s);
+  } else {
+    return V{} + s;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
-// exp: the device uses the CUDA library; the host uses a branch-free Cephes-style polynomial that
-// the compiler vectorises inside loops (a libm call would keep the loop scalar). Max error ~2 ulp.
+// exp and sqrt. The device uses the CUDA library. The host uses a branch-free Cephes-style
+// polynomial (max error ~2 ulp) written once for scalars and for GCC vector types, so the CPU
+// kernels can evaluate it on whole SIMD registers: a libm call would keep their loops scalar.
+// Template parameters: V is the value type (scalar or vector), S its element type.
 
-#if defined(__CUDA_ARCH__)
-IMM_HD float exp_fast(float x) { return ::expf(x); }
-IMM_HD double exp_fast(double x) { return ::exp(x); }
+#if defined(__CUDACC__)
+template <class V, class S = V>
+IMM_HD V exp_fast(V x) {
+  if constexpr (std::is_same_v<V, float>) {
+    return ::expf(x);
+  } else {
+    return ::exp(x);
+  }
+}
+template <class V, class S = V>
+IMM_HD V sqrt_(V x) {
+  if constexpr (std::is_same_v<V, float>) {
+    return ::sqrtf(x);
+  } else {
+    return ::sqrt(x);
+  }
+}
 #else
-inline __attribute__((always_inline)) float exp_fast(float x) {
-  // NaN passes both comparisons and propagates.
-  x = x < -87.33654f ? -87.33654f : x;
-  x = x > 88.72283f ? 88.72283f : x;
-  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+namespace detail {
+template <class S>
+struct ExpConstants;
+template <>
+struct ExpConstants<float> {
+  using Int = int32_t;
+  static constexpr float lo = -87.33654f, hi = 88.72283f, log2e = 1.44269504088896341f;
+  static constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: (v + m) - m rounds v to an integer
+  static constexpr int mantissa_bits = 23, bias = 127;
+};
+template <>
+struct ExpConstants<double> {
+  using Int = int64_t;
+  static constexpr double lo = -708.39, hi = 709.78, log2e = 1.4426950408889634074;
+  static constexpr double round_magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr int mantissa_bits = 52, bias = 1023;
+};
+
+template <class To, class From>
+inline __attribute__((always_inline)) To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From));
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
 }
 
-inline __attribute__((always_inline)) double exp_fast(double x) {
-  x = x < -708.39 ? -708.39 : x;
-  x = x > 709.78 ? 709.78 : x;
-  double n = __builtin_floor(x * 1.4426950408889634074 + 0.5);
-  double r = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6;
-  double rr = r * r;
-  double p = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr +
-                  9.99999999999999999910e-1);
-  double q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr +
-              2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
-  double e = 1.0 + 2.0 * p / (q - p);
-  int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return e * scale;
-}
-#endif
+// The integer type with the lanes (and lane width) of V, and a value conversion to it.
+template <class V, class S>
+struct IntLanes {
+  using type = decltype(V{} < V{});
+  static inline __attribute__((always_inline)) type convert(V v) { return __builtin_convertvector(v, type); }
+};
+template <class S>
+struct IntLanes<S, S> {
+  using type = typename ExpConstants<S>::Int;
+  static inline __attribute__((always_inline)) type convert(S v) { return static_cast<type>(v); }
+};
 
-template <class T>
-IMM_HD T sqrt_(T x) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(x);
-#else
-  return __builtin_sqrt(x);
-#endif
+template <class V, class S>
+inline __attribute__((always_inline)) V polynomial_exp(V x, float) {
+  using C = ExpConstants<float>;
+  V n = (x * C::log2e + C::round_magic) - C::round_magic;
+  V t = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V p = t * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * t + 8.3334519073e-3f;
+  p = p * t + 4.1665795894e-2f;
+  p = p * t + 1.6666665459e-1f;
+  p = p * t + 5.0000001201e-1f;
+  p = p * t * t + t + 1.0f;
+  using I = IntLanes<V, S>;
+  auto bits = (I::convert(n) + C::bias) << C::mantissa_bits;
+  return p * bit_cast<V>(bits);
+}
+
+template <class V, class S>
+inline __attribute__((always_inline)) V polynomial_exp(V x, double) {
+  using C = ExpConstants<double>;
+  V n = (x * C::log2e + C::round_magic) - C::round_magic;
+  V t = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6;
+  V tt = t * t;
+  V p = t * ((tt * 1.26177193074810590878e-4 + 3.02994407707441961300e-2) * tt + 9.99999999999999999910e-1);
+  V q = ((tt * 3.00198505138664455042e-6 + 2.52448340349684104192e-3) * tt + 2.27265548208155028766e-1) * tt +
+        2.00000000000000000009e0;
+  V e = 2.0 * p / (q - p) + 1.0;
+  using I = IntLanes<V, S>;
+  auto bits = (I::convert(n) + C::bias) << C::mantissa_bits;
+  return e * bit_cast<V>(bits);
+}
+}  // namespace detail
+
+// Clamped to the finite range (so exp(-inf) ~ 1e-38 / 1e-308, not 0); NaN propagates.
+template <class V, class S = V>
+inline __attribute__((always_inline)) V exp_fast(V x) {
+  using C = detail::ExpConstants<S>;
+  x = x < C::lo ? splat<V>(C::lo) : x;
+  x = x > C::hi ? splat<V>(C::hi) : x;
+  return detail::polynomial_exp<V, S>(x, S{});
+}
+
+template <class V, class S = V>
+inline __attribute__((always_inline)) V sqrt_(V x) {
+  if constexpr (std::is_same_v<V, S>) {
+    return __builtin_sqrt(x);
+  } else {
+    V r;
+    for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(S)); ++l) r[l] = sqrt_<S, S>(x[l]);
+    return r;
+  }
 }
 template <>
-IMM_HD float sqrt_<float>(float x) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrtf(x);
-#else
+inline __attribute__((always_inline)) float sqrt_<float, float>(float x) {
   return __builtin_sqrtf(x);
-#endif
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // One kernel at scaled distance d with inverse bandwidth ih = 1/h: its value and its slope dk/dd.
+// V is a scalar or (host only) a GCC vector of S.
 
-template <KernelKind K, class T>
+template <KernelKind K, class V, class S = V>
 struct KernelProfile;
 
-template <class T>
-struct KernelProfile<KernelKind::Laplace, T> {  // exp(-d / h)
-  IMM_HD static T value(T d, T ih) { return exp_fast(-d * ih); }
-  IMM_HD static T slope(T d, T ih) { return -ih * exp_fast(-d * ih); }
+template <class V, class S>
+struct KernelProfile<KernelKind::Laplace, V, S> {  // exp(-d / h)
+  IMM_HD static V value(V d, S ih) { return exp_fast<V, S>(-d * ih); }
+  IMM_HD static V slope(V d, S ih) { return -ih * exp_fast<V, S>(-d * ih); }
 };
 
-template <class T>
-struct KernelProfile<KernelKind::Gaussian, T> {  // exp(-d^2 / (2 h^2))
-  IMM_HD static T value(T d, T ih) { return exp_fast(T(-0.5) * d * d * ih * ih); }
-  IMM_HD static T slope(T d, T ih) { return -d * ih * ih * exp_fast(T(-0.5) * d * d * ih * ih); }
+template <class V, class S>
+struct KernelProfile<KernelKind::Gaussian, V, S> {  // exp(-d^2 / (2 h^2))
+  IMM_HD static V value(V d, S ih) { return exp_fast<V, S>(S(-0.5) * ih * ih * d * d); }
+  IMM_HD static V slope(V d, S ih) { return -ih * ih * d * exp_fast<V, S>(S(-0.5) * ih * ih * d * d); }
 };
 
-template <class T>
-struct KernelProfile<KernelKind::Energy, T> {  // -d (bandwidth unused)
-  IMM_HD static T value(T d, T) { return -d; }
-  IMM_HD static T slope(T, T) { return T(-1); }
+template <class V, class S>
+struct KernelProfile<KernelKind::Energy, V, S> {  // -d (bandwidth unused)
+  IMM_HD static V value(V d, S) { return -d; }
+  IMM_HD static V slope(V, S) { return splat<V>(S(-1)); }
 };
 
-template <class T>
-struct KernelProfile<KernelKind::InverseMultiquadric, T> {  // (1 + d^2 / h^2)^(-1/2)
-  IMM_HD static T value(T d, T ih) { return T(1) / sqrt_(T(1) + d * d * ih * ih); }
-  IMM_HD static T slope(T d, T ih) {
-    T u = T(1) / sqrt_(T(1) + d * d * ih * ih);
-    return -d * ih * ih * u * u * u;
+template <class V, class S>
+struct KernelProfile<KernelKind::InverseMultiquadric, V, S> {  // (1 + d^2 / h^2)^(-1/2)
+  IMM_HD static V value(V d, S ih) { return S(1) / sqrt_<V, S>(S(1) + ih * ih * d * d); }
+  IMM_HD static V slope(V d, S ih) {
+    V u = S(1) / sqrt_<V, S>(S(1) + ih * ih * d * d);
+    return -ih * ih * d * u * u * u;
   }
 };
 
 // ---------------------------------------------------------------------------------------------
 // Pair response from the squared Euclidean distance s2 = ||a - b||^2, summed over K bandwidths.
 
-template <class T>
+template <class S>
 struct KernelParams {
-  const T* inv_bandwidth;  // K values for the current group
+  const S* inv_bandwidth;  // K values for the current group
   int num_bandwidths;
-  T scale;  // distance scale c
-  T eps;    // lower clamp of the unscaled norm
+  S scale;  // distance scale c
+  S eps;    // lower clamp of the unscaled norm
 };
 
-// The scaled, clamped distance d = c * max(||a - b||, eps).
-template <class T>
-IMM_HD T scaled_distance(T norm, const KernelParams<T>& p) {
-  return p.scale * (norm < p.eps ? p.eps : norm);  // NaN stays NaN
+// The scaled, clamped distance d = c * max(||a - b||, eps); NaN stays NaN.
+template <class V, class S>
+IMM_HD V scaled_distance(V norm, const KernelParams<S>& p) {
+  return p.scale * (norm < p.eps ? splat<V>(p.eps) : norm);
 }
 
 // phi = c * sum_k k'(d) / ||a - b||; zero inside the eps clamp (where d is constant), NaN for NaN.
-template <class T>
-IMM_HD T phi_from_slope(T slope_sum, T norm, const KernelParams<T>& p) {
-  T phi = p.scale * slope_sum / norm;
-  return norm <= p.eps ? T(0) : phi;
+template <class V, class S>
+IMM_HD V phi_from_slope(V slope_sum, V norm, const KernelParams<S>& p) {
+  V phi = p.scale * slope_sum / norm;
+  return norm <= p.eps ? splat<V>(S(0)) : phi;
 }
 
 // Sum over bandwidths of k(c * max(||a-b||, eps)).
-template <KernelKind K, class T>
-IMM_HD T pair_value(T s2, const KernelParams<T>& p) {
-  T d = scaled_distance(sqrt_(s2), p);
-  T v = T(0);
-  for (int k = 0; k < p.num_bandwidths; ++k) v += KernelProfile<K, T>::value(d, p.inv_bandwidth[k]);
+template <KernelKind K, class V, class S = V>
+IMM_HD V pair_value(V s2, const KernelParams<S>& p) {
+  V d = scaled_distance(sqrt_<V, S>(s2), p);
+  V v = KernelProfile<K, V, S>::value(d, p.inv_bandwidth[0]);
+  for (int k = 1; k < p.num_bandwidths; ++k) v += KernelProfile<K, V, S>::value(d, p.inv_bandwidth[k]);
   return v;
 }
 
-// phi(a, b) such that d k(a, b) / d a = phi * (a - b).
-template <KernelKind K, class T>
-IMM_HD T pair_phi(T s2, const KernelParams<T>& p) {
-  T norm = sqrt_(s2);
-  T d = p.scale * norm;
-  T slope = T(0);
-  for (int k = 0; k < p.num_bandwidths; ++k) slope += KernelProfile<K, T>::slope(d, p.inv_bandwidth[k]);
+// phi(a, b) such that d k(a, b) / d a = phi * (a - b), summed over bandwidths.
+template <KernelKind K, class V, class S = V>
+IMM_HD V pair_phi(V s2, const KernelParams<S>& p) {
+  V norm = sqrt_<V, S>(s2);
+  V d = p.scale * norm;
+  V slope = KernelProfile<K, V, S>::slope(d, p.inv_bandwidth[0]);
+  for (int k = 1; k < p.num_bandwidths; ++k) slope += KernelProfile<K, V, S>::slope(d, p.inv_bandwidth[k]);
   return phi_from_slope(slope, norm, p);
 }
 

@@ -10,13 +10,17 @@
 //  * wide (large D, small sets: IMM's groups of M particles): the inner loops run across D, one
 //    (row, column) pair at a time; a group's data stays in cache between its pairs.
 // Memory is O(inputs): no N x M matrix is ever formed (except the Matrix output itself).
+//
+// Everything here lives in the per-ISA namespace and uses no std:: container or algorithm: an
+// out-of-line template instantiation compiled with -march=x86-64-v4 could otherwise be shared by
+// the linker with the baseline build and run on a processor without AVX-512.
 #include <omp.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <type_traits>
 
 #include "../common/pair_task.h"
+#include "simd.h"
 
 #ifndef IMM_CPU_ISA
 #error "IMM_CPU_ISA must name the instruction-set namespace"
@@ -25,38 +29,64 @@
 namespace imm::cpu::IMM_CPU_ISA {
 namespace {
 
-constexpr int kRowBlock = 4;     // rows of A sharing each load of a column block (narrow layout)
-constexpr int kColBlock = 64;    // columns per block (narrow layout)
 constexpr int kNarrowMaxDim = 64;
+constexpr int R = 4;             // rows sharing each column load (both layouts)
+constexpr int kWideCols = 4;     // columns per distance sweep (wide layout)
+constexpr int64_t kPanelChunk = 8;  // panels whose phi is kept while the gradient is accumulated
 
-template <class In, KernelKind K>
+inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// A heap array owned by one object (new[]/delete[] are not instantiated per ISA).
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { delete[] data_; }
+  T* reserve(int64_t size) {
+    if (size > size_) {
+      delete[] data_;
+      data_ = new T[size];
+      size_ = size;
+    }
+    return data_;
+  }
+  T* data() const { return data_; }
+
+ private:
+  T* data_ = nullptr;
+  int64_t size_ = 0;
+};
+
+template <class In, KernelKind K_>
 class PairRunner {
   using T = acc_t<In>;
 
  public:
-  PairRunner(const PairTask& task, int threads) : task_(task), threads_(std::max(threads, 1)) {
-    const int64_t min_cols =
-        std::min(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
+  PairRunner(const PairTask& task, int threads) : task_(task), threads_(threads > 1 ? threads : 1) {
+    const int64_t min_cols = min_of(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
     narrow_ = task.dim <= kNarrowMaxDim && min_cols >= 16;
-    bandwidth_ = static_cast<const T*>(task.bandwidth);
-    inverse_bandwidth_.resize(static_cast<size_t>(task.groups * task.num_bandwidths));
-    for (size_t i = 0; i < inverse_bandwidth_.size(); ++i) inverse_bandwidth_[i] = T(1) / bandwidth_[i];
+    const T* bandwidth = static_cast<const T*>(task.bandwidth);
+    const int64_t count = task.groups * task.num_bandwidths;
+    T* inverse = inverse_bandwidth_.reserve(count);
+    for (int64_t k = 0; k < count; ++k) inverse[k] = T(1) / bandwidth[k];
   }
 
   void run() {
     stage_columns();
-    const int64_t rows_per_item = narrow_ ? 16 * kRowBlock : (task_.n_rows <= 64 ? task_.n_rows : 16);
+    const int64_t rows_per_item = narrow_ ? 64 : (task_.n_rows <= 64 ? task_.n_rows : 16);
     const int64_t blocks_per_group = (task_.n_rows + rows_per_item - 1) / rows_per_item;
     const int64_t items = task_.groups * blocks_per_group;
 #pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1 && items > 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / blocks_per_group;
       const int64_t i0 = (item % blocks_per_group) * rows_per_item;
-      const int64_t i1 = std::min(task_.n_rows, i0 + rows_per_item);
+      const int64_t i1 = min_of(task_.n_rows, i0 + rows_per_item);
       if (narrow_) {
-        for (int64_t i = i0; i < i1; i += kRowBlock) narrow_rows(g, i, std::min<int64_t>(kRowBlock, i1 - i));
+        narrow_rows(g, i0, i1);
       } else {
-        for (int64_t i = i0; i < i1; ++i) wide_row(g, i);
+        wide_rows(g, i0, i1);
       }
     }
   }
@@ -72,10 +102,12 @@ class PairRunner {
     return static_cast<const T*>(set.weight)[g * set.stride_g + i * set.stride_i + j * set.stride_j];
   }
 
-  // Column sets in the accumulation type: transposed (G, D, n) for the narrow layout; as given
-  // (G, n, D) for the wide layout, copied only when the input is a 16-bit type.
+  // Column sets in the accumulation type. Narrow layout: panels of L = SIMD-lanes columns, each
+  // panel (D, L) contiguous, the last one zero-padded: (G, panels, D, L). Wide layout: as given,
+  // (G, n, D), copied only when the input is a 16-bit type.
   void stage_columns() {
     const int64_t D = task_.dim;
+    constexpr int64_t L = Simd<T>::lanes;
     for (int s = 0; s < task_.num_sets; ++s) {
       const In* src = static_cast<const In*>(task_.sets[s].data);
       const int64_t n = task_.sets[s].n;
@@ -83,190 +115,281 @@ class PairRunner {
         columns_[s] = reinterpret_cast<const T*>(src);
         continue;
       }
-      staged_[s].resize(static_cast<size_t>(task_.groups * n * D));
-      T* dst = staged_[s].data();
-      const bool transpose = narrow_;
+      const int64_t padded = narrow_ ? panels(n) * L : n;
+      T* dst = staged_[s].reserve(task_.groups * padded * D);
+      const bool panelled = narrow_;
 #pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
       for (int64_t g = 0; g < task_.groups; ++g) {
-        for (int64_t j = 0; j < n; ++j)
+        T* group = dst + g * padded * D;
+        for (int64_t j = 0; j < padded; ++j)
           for (int64_t d = 0; d < D; ++d) {
-            const int64_t from = (g * n + j) * D + d;
-            dst[transpose ? (g * D + d) * n + j : from] = load(src, from);
+            const T value = j < n ? load(src, (g * n + j) * D + d) : T(0);
+            group[panelled ? ((j / L) * D + d) * L + j % L : j * D + d] = value;
           }
       }
       columns_[s] = dst;
     }
   }
 
-  // ---- wide layout: one row against every column, vectorised across D -------------------------
-  void wide_row(int64_t g, int64_t i) {
-    const int64_t D = task_.dim;
-    const In* row_src = static_cast<const In*>(task_.rows) + (g * task_.n_rows + i) * D;
-    std::vector<T>& a = thread_buffer(0, D);
-    for (int64_t d = 0; d < D; ++d) a[d] = load(row_src, d);
-    const KernelParams<T> p = params(g);
+  static int64_t panels(int64_t n) { return (n + Simd<T>::lanes - 1) / Simd<T>::lanes; }
 
-    if (task_.mode == PairMode::Gradient) {
-      std::vector<T>& acc = thread_buffer(1, D);
-      std::fill(acc.begin(), acc.end(), T(0));
-      T phi_total = T(0);
-      for (int s = 0; s < task_.num_sets; ++s) {
-        const int64_t n = task_.sets[s].n;
-        for (int64_t j = 0; j < n; ++j) {
-          const T* b = columns_[s] + (g * n + j) * D;
-          const T phi = pair_phi<K, T>(squared_distance(a.data(), b, D), p) * weight(s, g, i, j);
-          phi_total += phi;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) acc[d] -= phi * b[d];
+  // ---- wide layout: a block of R rows against every column, SIMD across D ---------------------
+  // Pass 1 computes all squared distances of the block, R x kWideCols pairs per sweep over D (16
+  // independent accumulators); Gradient adds pass 2, out_r = sum_j phi_rj (a_r - b_j), one sweep
+  // over D that loads each column once for all R rows.
+  void wide_block(int64_t g, int64_t i0, int rows) {
+    using SV = Simd<T>;
+    using V = typename SV::V;
+    constexpr int64_t L = SV::lanes;
+    const int64_t D = task_.dim;
+    const int64_t D_vec = D - D % L;
+    int64_t columns = 0;
+    for (int s = 0; s < task_.num_sets; ++s) columns += task_.sets[s].n;
+
+    const T* a[R];
+    T* row_buffer = thread_buffer(0, R * D);
+    for (int r = 0; r < R; ++r) {
+      const int64_t offset = (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+      if constexpr (std::is_same_v<In, T>) {
+        a[r] = static_cast<const T*>(task_.rows) + offset;
+      } else {
+        for (int64_t d = 0; d < D; ++d) row_buffer[r * D + d] = load(static_cast<const In*>(task_.rows), offset + d);
+        a[r] = row_buffer + r * D;
+      }
+    }
+    auto column = [&](int s, int64_t j) { return columns_[s] + (g * task_.sets[s].n + j) * D; };
+
+    // Pass 1: s2[r * columns + c], c running over the sets' columns in order.
+    T* s2 = thread_buffer(1, R * columns);
+    for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s) {
+      const int64_t n = task_.sets[s].n;
+      for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
+        const int cols = static_cast<int>(min_of(kWideCols, n - j0));
+        const T* b[kWideCols];
+        for (int c = 0; c < kWideCols; ++c) b[c] = column(s, j0 + (c < cols ? c : 0));
+        V acc[R][kWideCols];
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < kWideCols; ++c) acc[r][c] = SV::zero();
+        for (int64_t d = 0; d < D_vec; d += L) {
+          V bv[kWideCols];
+          for (int c = 0; c < kWideCols; ++c) bv[c] = SV::load(b[c] + d);
+          for (int r = 0; r < R; ++r) {
+            const V av = SV::load(a[r] + d);
+            for (int c = 0; c < kWideCols; ++c) {
+              const V diff = av - bv[c];
+              acc[r][c] += diff * diff;
+            }
+          }
+        }
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < cols; ++c) {
+            T total = SV::sum(acc[r][c]);
+            for (int64_t d = D_vec; d < D; ++d) {
+              const T diff = a[r][d] - b[c][d];
+              total += diff * diff;
+            }
+            s2[r * columns + c0 + j0 + c] = total;
+          }
+      }
+    }
+
+    const KernelParams<T> p = params(g);
+    if (task_.mode != PairMode::Gradient) {
+      for (int r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s) {
+          const int64_t n = task_.sets[s].n;
+          T total = T(0);
+          for (int64_t j = 0; j < n; ++j) {
+            const T v = pair_value<K_, T>(s2[r * columns + c0 + j], p);
+            if (task_.mode == PairMode::Matrix) static_cast<T*>(task_.out)[(g * task_.n_rows + i) * n + j] = v;
+            total += v;
+          }
+          if (task_.mode == PairMode::RowSums)
+            static_cast<T*>(task_.out)[(g * task_.n_rows + i) * task_.num_sets + s] = total;
         }
       }
-      In* out = static_cast<In*>(task_.out) + (g * task_.n_rows + i) * D;
-      for (int64_t d = 0; d < D; ++d) store(out, d, phi_total * a[d] + acc[d]);
       return;
     }
-    for (int s = 0; s < task_.num_sets; ++s) {
-      const int64_t n = task_.sets[s].n;
-      T total = T(0);
-      for (int64_t j = 0; j < n; ++j) {
-        const T v = pair_value<K, T>(squared_distance(a.data(), columns_[s] + (g * n + j) * D, D), p);
-        if (task_.mode == PairMode::Matrix) {
-          static_cast<T*>(task_.out)[(g * task_.n_rows + i) * n + j] = v;
+
+    // Gradient: phi in place of s2, then pass 2.
+    T phi_total[R] = {};
+    for (int r = 0; r < R; ++r)
+      for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s)
+        for (int64_t j = 0; j < task_.sets[s].n; ++j) {
+          T& phi = s2[r * columns + c0 + j];
+          phi = r < rows ? pair_phi<K_, T>(phi, p) * weight(s, g, i0 + r, j) : T(0);
+          phi_total[r] += phi;
+        }
+    In* out[R];
+    for (int r = 0; r < R; ++r) out[r] = static_cast<In*>(task_.out) + (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+    auto sweep = [&](int64_t d, auto zero) {  // one SIMD vector (V) or one element (T) of every output row
+      using W = decltype(zero);
+      auto load_w = [](const T* ptr) {
+        if constexpr (std::is_same_v<W, T>) return *ptr; else return SV::load(ptr);
+      };
+      W acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = phi_total[r] * load_w(a[r] + d);
+      for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s)
+        for (int64_t j = 0; j < task_.sets[s].n; ++j) {
+          const W b = load_w(column(s, j) + d);
+          for (int r = 0; r < R; ++r) acc[r] -= s2[r * columns + c0 + j] * b;
+        }
+      for (int r = 0; r < rows; ++r) {
+        if constexpr (std::is_same_v<W, T>) {
+          store(out[r], d, acc[r]);
         } else {
-          total += v;
+          for (int l = 0; l < L; ++l) store(out[r], d + l, acc[r][l]);
         }
       }
-      if (task_.mode == PairMode::RowSums)
-        static_cast<T*>(task_.out)[(g * task_.n_rows + i) * task_.num_sets + s] = total;
-    }
+    };
+    for (int64_t d = 0; d < D_vec; d += L) sweep(d, SV::zero());
+    for (int64_t d = D_vec; d < D; ++d) sweep(d, T(0));
   }
 
-  static T squared_distance(const T* a, const T* b, int64_t D) {
-    T s2 = T(0);
-#pragma omp simd reduction(+ : s2)
-    for (int64_t d = 0; d < D; ++d) {
-      const T diff = a[d] - b[d];
-      s2 += diff * diff;
-    }
-    return s2;
+  void wide_rows(int64_t g, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += R) wide_block(g, i, static_cast<int>(min_of(R, i1 - i)));
   }
 
-  // ---- narrow layout: a block of rows against blocks of columns, vectorised across columns -----
-  void narrow_rows(int64_t g, int64_t i0, int rows) {
-    const int64_t D = task_.dim;
-    T a[kRowBlock][kNarrowMaxDim];
-    const In* src = static_cast<const In*>(task_.rows) + (g * task_.n_rows + i0) * D;
-    for (int r = 0; r < kRowBlock; ++r)
-      for (int64_t d = 0; d < D; ++d) a[r][d] = r < rows ? load(src, r * D + d) : T(0);
+  // ---- narrow layout: a block of R rows against column panels, SIMD across columns -------------
+  // DIM > 0 fixes D at compile time (loops unrolled, accumulators in registers).
+
+  template <int DIM>
+  void narrow_block(int64_t g, int64_t i0, int rows) {
+    using SV = Simd<T>;
+    using V = typename SV::V;
+    constexpr int L = SV::lanes;
+    constexpr int kMaxDim = DIM > 0 ? DIM : kNarrowMaxDim;
+    const int64_t D = DIM > 0 ? DIM : task_.dim;
+    T a[R][kMaxDim];  // rows past `rows` repeat the first row; their results are dropped
+    for (int r = 0; r < R; ++r) {
+      const In* src = static_cast<const In*>(task_.rows) + (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+      for (int64_t d = 0; d < D; ++d) a[r][d] = load(src, d);
+    }
     const KernelParams<T> p = params(g);
 
-    T grad[kRowBlock][kNarrowMaxDim] = {};
-    T phi_total[kRowBlock] = {};
+    // s2[r] = squared distances from row r to the L columns of a (D, L) panel.
+    auto panel_distances = [&](const T* panel, V (&s2)[R]) {
+      for (int r = 0; r < R; ++r) s2[r] = SV::zero();
+      for (int64_t d = 0; d < D; ++d) {
+        const V b = SV::load(panel + d * L);
+        for (int r = 0; r < R; ++r) {
+          const V diff = a[r][d] - b;
+          s2[r] += diff * diff;
+        }
+      }
+    };
+
+    if (task_.mode == PairMode::Gradient) {
+      narrow_gradient<DIM>(g, i0, rows, a, p, panel_distances);
+      return;
+    }
+    const bool matrix = task_.mode == PairMode::Matrix;
     for (int s = 0; s < task_.num_sets; ++s) {
       const int64_t n = task_.sets[s].n;
-      const T* bt = columns_[s] + g * D * n;  // (D, n)
-      T row_total[kRowBlock] = {};
-      for (int64_t j0 = 0; j0 < n; j0 += kColBlock) {
-        const int nj = static_cast<int>(std::min<int64_t>(kColBlock, n - j0));
-        T s2[kRowBlock][kColBlock] = {};
-        for (int64_t d = 0; d < D; ++d) {
-          const T* b = bt + d * n + j0;
-          for (int r = 0; r < kRowBlock; ++r) {
-            const T ad = a[r][d];
-#pragma omp simd
-            for (int j = 0; j < nj; ++j) {
-              const T diff = ad - b[j];
-              s2[r][j] += diff * diff;
-            }
-          }
-        }
+      const T* base = columns_[s] + g * panels(n) * D * L;
+      V total[R];
+      for (int r = 0; r < R; ++r) total[r] = SV::zero();
+      for (int64_t q = 0; q < panels(n); ++q) {
+        V s2[R];
+        panel_distances(base + q * D * L, s2);
+        const int valid = static_cast<int>(min_of(L, n - q * L));
         for (int r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r;
-          if (task_.mode == PairMode::Gradient) {
-            T phi[kColBlock];
-            column_phi(s2[r], nj, p, phi);
-            T total = T(0);
-            for (int j = 0; j < nj; ++j) {
-              phi[j] *= weight(s, g, i, j0 + j);
-              total += phi[j];
-            }
-            phi_total[r] += total;
-            for (int64_t d = 0; d < D; ++d) {
-              const T* b = bt + d * n + j0;
-              T dot = T(0);
-#pragma omp simd reduction(+ : dot)
-              for (int j = 0; j < nj; ++j) dot += phi[j] * b[j];
-              grad[r][d] -= dot;
-            }
+          const V v = pair_value<K_, V, T>(s2[r], p);
+          if (matrix) {
+            T* out = static_cast<T*>(task_.out) + (g * task_.n_rows + i0 + r) * n + q * L;
+            if (valid == L) SV::store(out, v); else for (int l = 0; l < valid; ++l) out[l] = v[l];
           } else {
-            T v[kColBlock];
-            column_values(s2[r], nj, p, v);
-            if (task_.mode == PairMode::Matrix) {
-              T* out = static_cast<T*>(task_.out) + (g * task_.n_rows + i) * n + j0;
-              std::copy(v, v + nj, out);
-            } else {
-              T total = T(0);
-#pragma omp simd reduction(+ : total)
-              for (int j = 0; j < nj; ++j) total += v[j];
-              row_total[r] += total;
-            }
+            total[r] += SV::first_lanes(v, valid);
           }
         }
       }
-      if (task_.mode == PairMode::RowSums)
+      if (!matrix)
         for (int r = 0; r < rows; ++r)
-          static_cast<T*>(task_.out)[(g * task_.n_rows + i0 + r) * task_.num_sets + s] = row_total[r];
-    }
-    if (task_.mode == PairMode::Gradient) {
-      In* out = static_cast<In*>(task_.out) + (g * task_.n_rows + i0) * D;
-      for (int r = 0; r < rows; ++r)
-        for (int64_t d = 0; d < D; ++d) store(out, r * D + d, phi_total[r] * a[r][d] + grad[r][d]);
+          static_cast<T*>(task_.out)[(g * task_.n_rows + i0 + r) * task_.num_sets + s] = SV::sum(total[r]);
     }
   }
 
-  // Kernel values / phi for a block of squared distances, bandwidth loop outside the column loop
-  // so that the column loop vectorises.
-  static void column_values(const T* s2, int nj, const KernelParams<T>& p, T* v) {
-    T dist[kColBlock];
-#pragma omp simd
-    for (int j = 0; j < nj; ++j) {
-      dist[j] = scaled_distance(sqrt_(s2[j]), p);
-      v[j] = T(0);
+  // Gradient rows: out_r = sum_j w_rj phi_rj (a_r - b_j), in chunks of kPanelChunk panels: first
+  // phi for the chunk, then sum_j phi_rj b_j one coordinate at a time (each panel load feeds R rows).
+  template <int DIM, class PanelDistances>
+  void narrow_gradient(int64_t g, int64_t i0, int rows, const T (&a)[R][DIM > 0 ? DIM : kNarrowMaxDim],
+                       const KernelParams<T>& p, PanelDistances& panel_distances) {
+    using SV = Simd<T>;
+    using V = typename SV::V;
+    constexpr int L = SV::lanes;
+    constexpr int kMaxDim = DIM > 0 ? DIM : kNarrowMaxDim;
+    const int64_t D = DIM > 0 ? DIM : task_.dim;
+    V acc[R][kMaxDim];
+    V phi_total[R];
+    for (int r = 0; r < R; ++r) {
+      phi_total[r] = SV::zero();
+      for (int64_t d = 0; d < D; ++d) acc[r][d] = SV::zero();
     }
-    for (int k = 0; k < p.num_bandwidths; ++k) {
-      const T ih = p.inv_bandwidth[k];
-#pragma omp simd
-      for (int j = 0; j < nj; ++j) v[j] += KernelProfile<K, T>::value(dist[j], ih);
+    for (int s = 0; s < task_.num_sets; ++s) {
+      const ColumnSet& set = task_.sets[s];
+      const int64_t n = set.n;
+      const T* base = columns_[s] + g * panels(n) * D * L;
+      for (int64_t q0 = 0; q0 < panels(n); q0 += kPanelChunk) {
+        const int chunk = static_cast<int>(min_of(kPanelChunk, panels(n) - q0));
+        V phi[R][kPanelChunk];
+        for (int c = 0; c < chunk; ++c) {
+          const int64_t j0 = (q0 + c) * L;
+          const int valid = static_cast<int>(min_of(L, n - j0));
+          V s2[R];
+          panel_distances(base + (q0 + c) * D * L, s2);
+          for (int r = 0; r < R; ++r) {
+            const T* w = static_cast<const T*>(set.weight) + g * set.stride_g +
+                         (i0 + (r < rows ? r : 0)) * set.stride_i + j0 * set.stride_j;
+            const V weight = valid == L ? SV::strided(w, set.stride_j) : SV::strided_first(w, set.stride_j, valid);
+            phi[r][c] = SV::first_lanes(pair_phi<K_, V, T>(s2[r], p) * weight, valid);
+            phi_total[r] += phi[r][c];
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          V dot[R];
+          for (int r = 0; r < R; ++r) dot[r] = SV::zero();
+          for (int c = 0; c < chunk; ++c) {
+            const V b = SV::load(base + ((q0 + c) * D + d) * L);
+            for (int r = 0; r < R; ++r) dot[r] += phi[r][c] * b;
+          }
+          for (int r = 0; r < R; ++r) acc[r][d] += dot[r];
+        }
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      In* out = static_cast<In*>(task_.out) + (g * task_.n_rows + i0 + r) * D;
+      const T phi_sum = SV::sum(phi_total[r]);
+      for (int64_t d = 0; d < D; ++d) store(out, d, phi_sum * a[r][d] - SV::sum(acc[r][d]));
     }
   }
 
-  static void column_phi(const T* s2, int nj, const KernelParams<T>& p, T* phi) {
-    T norm[kColBlock], slope[kColBlock];
-#pragma omp simd
-    for (int j = 0; j < nj; ++j) {
-      norm[j] = sqrt_(s2[j]);
-      slope[j] = T(0);
-    }
-    for (int k = 0; k < p.num_bandwidths; ++k) {
-      const T ih = p.inv_bandwidth[k];
-#pragma omp simd
-      for (int j = 0; j < nj; ++j) slope[j] += KernelProfile<K, T>::slope(p.scale * norm[j], ih);
-    }
-#pragma omp simd
-    for (int j = 0; j < nj; ++j) phi[j] = phi_from_slope(slope[j], norm[j], p);
+  template <int DIM>
+  void narrow_blocks(int64_t g, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += R) narrow_block<DIM>(g, i, static_cast<int>(min_of(R, i1 - i)));
   }
 
-  static std::vector<T>& thread_buffer(int which, int64_t size) {
-    thread_local std::vector<T> buffers[2];
-    if (static_cast<int64_t>(buffers[which].size()) < size) buffers[which].resize(static_cast<size_t>(size));
-    return buffers[which];
+  void narrow_rows(int64_t g, int64_t i0, int64_t i1) {
+    switch (task_.dim) {
+      case 1: narrow_blocks<1>(g, i0, i1); break;
+      case 2: narrow_blocks<2>(g, i0, i1); break;
+      case 3: narrow_blocks<3>(g, i0, i1); break;
+      case 4: narrow_blocks<4>(g, i0, i1); break;
+      default: narrow_blocks<0>(g, i0, i1); break;
+    }
+  }
+
+  // Per-thread scratch for the wide layout.
+  static T* thread_buffer(int which, int64_t size) {
+    thread_local Buffer<T> buffers[2];
+    return buffers[which].reserve(size);
   }
 
   const PairTask& task_;
   int threads_;
   bool narrow_ = false;
-  const T* bandwidth_ = nullptr;
-  std::vector<T> inverse_bandwidth_;
-  std::vector<T> staged_[2];
+  Buffer<T> inverse_bandwidth_;
+  Buffer<T> staged_[2];
   const T* columns_[2] = {nullptr, nullptr};
 };
 

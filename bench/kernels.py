@@ -1,0 +1,553 @@
+"""Benchmark of `imm_ext.mmd_loss` against PyTorch and GeomLoss/KeOps formulations of the same MMD.
+
+For each case (IMM's per-group MMD on pixel and latent shapes, and large point sets) and each method
+it measures, for the forward (under torch.no_grad) and for forward + backward (loss.backward() from
+fresh leaf tensors, gradients reset between calls):
+  * the median wall time in ms of repeated calls, after untimed calls: one that builds code
+    (torch.compile, KeOps; compilation is never timed) and one that measures memory;
+  * the ratio imm_ext time / this row's time (imm_ext row: imm_ext / best baseline, marked *);
+  * "peak extra MB", during that untimed memory call: on CPU the peak growth of the process RSS
+    (/proc/self/statm sampled every ms in a background thread); on CUDA
+    torch.cuda.max_memory_allocated minus the memory allocated before the call (the inputs).
+Methods: imm_ext (the compiled kernels), eager (imm_ext.ops.mmd_loss_reference), compile
+(torch.compile of that reference, dynamic=False), cdist (a torch.cdist formulation), and GeomLoss
+SamplesLoss with the tensorized and online (KeOps) backends (set cases only: GeomLoss takes one scalar
+blur, so IMM's per-group bandwidths cannot be expressed). IMM cases add a "copy limit" row: the
+memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run.
+Methods that need too much memory are skipped with a note; in sets-100k each method is first timed
+at N = M = 10,000 and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is skipped; a method that fails is reported with its
+error and the run goes on. Results are printed as markdown tables and written as JSON (with the
+machine description) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
+
+    cd /work/main && python bench/kernels.py [--device cpu|cuda] [--quick] [--cases imm-pixel,sets-d3] [--out PATH]
+
+--quick: fewer repetitions and no sets-100k case (about 2 minutes on a 2-core CPU; the full run
+takes about 10-15 minutes there, most of it in sets-100k).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+import imm_ext
+from imm_ext.ops import mmd_loss_reference
+
+try:
+    import geomloss
+    GEOMLOSS_MISSING = None
+except Exception as error:  # noqa: BLE001 - any import failure means "not available"
+    geomloss, GEOMLOSS_MISSING = None, f"not installed: geomloss ({error})"
+try:
+    import pykeops
+    KEOPS_MISSING = None
+except Exception as error:  # noqa: BLE001
+    pykeops, KEOPS_MISSING = None, f"not installed: pykeops ({error})"
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MEMORY_LIMIT_BYTES = 4e9  # skip a method whose largest materialised tensor would exceed this
+FLOAT_BYTES = 4
+METHODS = ("imm_ext", "eager", "compile", "cdist", "geomloss-tensorized", "geomloss-online")
+COMPILING_METHODS = ("compile", "geomloss-online")  # their first call builds code
+GEOMLOSS_NAMES = {"laplace": "laplacian", "gaussian": "gaussian", "energy": "energy"}
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Skip(Exception):
+    """A method that does not apply to a case; the message is the table note."""
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str
+    groups: int  # 1 with batched=False: 2-D (N, D) inputs
+    n: int
+    m: int
+    dim: int
+    batched: bool
+    y_requires_grad: bool
+    imm: bool  # IMM loss: per-group bandwidths in [1, 100], distances scaled by 1/D, copy limit row
+    kernel: str = "laplace"
+    full_only: bool = False  # skipped under --quick
+    probe_n: Optional[int] = None  # time each method at this N = M first; skip it if too slow
+
+    @property
+    def difference_bytes(self) -> float:
+        return self.groups * self.n * self.m * self.dim * FLOAT_BYTES
+
+    @property
+    def matrix_bytes(self) -> float:
+        return self.groups * self.n * self.m * FLOAT_BYTES
+
+
+CASES = (
+    Case("imm-pixel", "IMM pixel groups: G=1024, N=M=4, D=3072", 1024, 4, 4, 3072, True, False, True),
+    Case("imm-latent", "IMM latent groups: G=1024, N=M=4, D=4096", 1024, 4, 4, 4096, True, False, True),
+    Case("sets-d3", "sets D=3: N=M=4096", 1, 4096, 4096, 3, False, True, False),
+    Case("sets-d64", "sets D=64: N=M=4096", 1, 4096, 4096, 64, False, True, False),
+    Case("sets-100k", "sets N=100k D=3: N=M=100,000", 1, 100_000, 100_000, 3, False, True, False,
+         full_only=True, probe_n=10_000),
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    max_reps: int
+    budget_s: float  # stop repeating once this much time was spent (after at least one timed call)
+
+
+FULL = Timing(max_reps=25, budget_s=5.0)
+QUICK = Timing(max_reps=7, budget_s=1.0)
+
+
+@dataclass
+class Measurement:
+    ms: float
+    reps: int
+    warmup_s: Optional[float]  # the untimed code-building first call, where one was made
+    peak_extra_mb: float
+    loss: float
+
+
+@dataclass
+class MethodResult:
+    method: str
+    forward: Optional[Measurement] = None
+    forward_backward: Optional[Measurement] = None
+    notes: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and loss options
+
+def make_inputs(case: Case, device: str, n: Optional[int] = None, m: Optional[int] = None):
+    """Seeded x, y (fresh leaves) and the mmd_loss keyword options of the case."""
+    n, m = n or case.n, m or case.m
+    torch.manual_seed(0)
+    shape_x, shape_y = ((case.groups, n, case.dim), (case.groups, m, case.dim)) if case.batched \
+        else ((n, case.dim), (m, case.dim))
+    x = torch.randn(shape_x, device=device).requires_grad_()
+    y = torch.randn(shape_y, device=device).requires_grad_(case.y_requires_grad)
+    if case.imm:
+        bandwidth = torch.empty(case.groups, device=device).uniform_(1.0, 100.0)
+        options = dict(kernel=case.kernel, bandwidth=bandwidth, distance_scale="dim")
+    else:
+        options = dict(kernel=case.kernel, bandwidth=1.0, distance_scale=None)
+    return x, y, dict(options, estimator="biased", reduction="mean")
+
+
+def scale_of(options: dict, dim: int) -> float:
+    return 1.0 / dim if options["distance_scale"] == "dim" else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods: each builder returns loss(x, y) for the case, or raises Skip
+
+def require_memory(nbytes: float, what: str) -> None:
+    if nbytes > MEMORY_LIMIT_BYTES:
+        raise Skip(f"skipped: needs {what} memory ({nbytes / 1e9:.1f} GB)")
+
+
+def build_imm_ext(case: Case, options: dict) -> Loss:
+    return lambda x, y: imm_ext.mmd_loss(x, y, **options)
+
+
+def build_eager(case: Case, options: dict) -> Loss:
+    require_memory(case.difference_bytes, "(G,N,M,D)")
+    return lambda x, y: mmd_loss_reference(x, y, **options)
+
+
+def build_compile(case: Case, options: dict) -> Loss:
+    require_memory(case.matrix_bytes, "N*M")
+    torch._dynamo.reset()
+    compiled = torch.compile(mmd_loss_reference, dynamic=False)
+    return lambda x, y: compiled(x, y, **options)
+
+
+def cdist_kernel(d: torch.Tensor, h, kernel: str) -> torch.Tensor:
+    if kernel == "laplace":
+        return torch.exp(-d / h)
+    if kernel == "gaussian":
+        return torch.exp(-0.5 * (d / h) ** 2)
+    if kernel == "energy":
+        return -d
+    raise Skip(f"n/a: no cdist formulation for kernel {kernel!r}")
+
+
+def build_cdist(case: Case, options: dict) -> Loss:
+    """Biased squared MMD from three torch.cdist kernel matrices; per-group h broadcast as (G,1,1)."""
+    require_memory(case.matrix_bytes, "N*M")
+    h, kernel, scale = options["bandwidth"], options["kernel"], scale_of(options, case.dim)
+    if isinstance(h, torch.Tensor):
+        h = h.view(-1, 1, 1)
+
+    def block_mean(a, b):
+        return cdist_kernel(torch.cdist(a, b) * scale, h, kernel).mean((-2, -1))
+
+    return lambda x, y: (block_mean(x, x) + block_mean(y, y) - 2 * block_mean(x, y)).mean()
+
+
+def geomloss_builder(backend: str) -> Callable[[Case, dict], Loss]:
+    def build(case: Case, options: dict) -> Loss:
+        if case.imm:
+            raise Skip("n/a: per-group bandwidths are not expressible (GeomLoss takes one scalar blur)")
+        if GEOMLOSS_MISSING:
+            raise Skip(GEOMLOSS_MISSING)
+        if backend == "online" and KEOPS_MISSING:
+            raise Skip(KEOPS_MISSING)
+        if backend == "tensorized":
+            require_memory(case.matrix_bytes, "N*M")
+        kernel, scale = options["kernel"], scale_of(options, case.dim)
+        if kernel not in GEOMLOSS_NAMES or scale != 1.0:
+            raise Skip(f"n/a: kernel {kernel!r} with distance scale {scale:g}")
+        loss = geomloss.SamplesLoss(loss=GEOMLOSS_NAMES[kernel], blur=options["bandwidth"], backend=backend)
+        return lambda x, y: 2 * loss(x, y)  # SamplesLoss returns half the squared MMD
+
+    return build
+
+
+BUILDERS = {
+    "imm_ext": build_imm_ext,
+    "eager": build_eager,
+    "compile": build_compile,
+    "cdist": build_cdist,
+    "geomloss-tensorized": geomloss_builder("tensorized"),
+    "geomloss-online": geomloss_builder("online"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing and memory
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median_ms(fn: Callable[[], object], reset: Callable[[], None], device: str, timing: Timing):
+    """Median ms and number of timed calls; reset() runs untimed before each call."""
+    times = []
+    deadline = time.perf_counter() + timing.budget_s
+    while not times or (len(times) < timing.max_reps and time.perf_counter() < deadline):
+        reset()
+        times.append(timed(fn, device))
+    return statistics.median(times) * 1e3, len(times)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS so that RSS growth reflects the next call."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_call(fn: Callable[[], torch.Tensor], device: str) -> tuple:
+    """One untimed call: (peak extra MB during it, the loss it returned)."""
+    if device == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        out = fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, float(out.detach())
+    release_free_memory()
+    before = peak = rss_bytes()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.wait(0.001):
+            peak = max(peak, rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak, rss_bytes()) - before) / 2**20, float(out.detach())
+
+
+def workload(loss: Loss, x, y, mode: str):
+    """(call, reset) for one mode: forward under no_grad, or forward + backward."""
+    if mode == "forward":
+        def call():
+            with torch.no_grad():
+                return loss(x, y)
+        return call, lambda: None
+
+    def reset():
+        x.grad = y.grad = None
+
+    def call():
+        out = loss(x, y)
+        out.backward()
+        return out
+    return call, reset
+
+
+def measure(loss: Loss, x, y, mode: str, device: str, timing: Timing, warm_up: bool) -> Measurement:
+    """warm_up: first make one untimed call that builds code (torch.compile, KeOps), so that neither
+    the memory call nor the timed calls include compilation. The memory call is itself untimed and
+    precedes the timed calls, so it serves as the warm-up of methods that build nothing."""
+    call, reset = workload(loss, x, y, mode)
+    warmup_s = None
+    if warm_up:
+        reset()
+        warmup_s = timed(call, device)
+    reset()
+    peak_mb, value = memory_call(call, device)
+    ms, reps = median_ms(call, reset, device, timing)
+    return Measurement(ms, reps, warmup_s, peak_mb, value)
+
+
+def probe_call_s(loss: Loss, case: Case, device: str) -> float:
+    """Seconds of one forward + backward at N = M = case.probe_n, scaled by N*M to the full case.
+    Its untimed first calls build the code of both modes (the warm-up of the full-size runs)."""
+    x, y, _ = make_inputs(case, device, case.probe_n, case.probe_n)
+    for mode in ("forward", "forward_backward"):
+        call, reset = workload(loss, x, y, mode)
+        reset()
+        call()
+    reset()
+    return timed(call, device) * (case.n * case.m) / case.probe_n**2
+
+
+def run_method(method: str, case: Case, device: str, timing: Timing, max_call_s: float) -> MethodResult:
+    result = MethodResult(method)
+    try:
+        x, y, options = make_inputs(case, device)
+        loss = BUILDERS[method](case, options)
+        if case.probe_n:
+            estimate = probe_call_s(loss, case, device)
+            if method != "imm_ext" and estimate > max_call_s:
+                raise Skip(f"skipped: a fwd+bwd call would take ~{estimate:.0f} s (timed at N=M="
+                           f"{case.probe_n:,}, scaled by N*M) > --max-call-s {max_call_s:g}")
+    except Skip as skip:
+        result.notes.append(str(skip))
+        return result
+    except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
+        result.notes.append(error_note(error))
+        return result
+    for mode in ("forward", "forward_backward"):
+        try:
+            warm_up = method in COMPILING_METHODS and not case.probe_n
+            setattr(result, mode, measure(loss, x, y, mode, device, timing, warm_up))
+        except Exception as error:  # noqa: BLE001
+            result.notes.append(f"{mode}: {error_note(error)}")
+    if method in COMPILING_METHODS:
+        firsts = [f"{m.warmup_s:.1f} s" for m in (result.forward, result.forward_backward) if m and m.warmup_s]
+        if firsts:
+            result.notes.append(f"first call fwd / fwd+bwd {' / '.join(firsts)} (not timed; includes any compilation)")
+    return result
+
+
+def error_note(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"error: {type(error).__name__}: {text[:300]}"
+
+
+def check_agreement(results: list) -> None:
+    """Note any method whose forward value differs from imm_ext's beyond float32 tolerance."""
+    reference = next((r.forward for r in results if r.method == "imm_ext"), None)
+    if reference is None:
+        return
+    for result in results:
+        if result.method != "imm_ext" and result.forward and not math.isclose(result.forward.loss, reference.loss, rel_tol=1e-3, abs_tol=1e-5):
+            result.notes.append(f"value {result.forward.loss:.6g} differs from imm_ext {reference.loss:.6g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Copy limit (IMM cases)
+
+def copy_limit(case: Case, device: str, timing: Timing) -> dict:
+    """Memory-traffic limit: fwd reads x and y once; fwd+bwd reads them twice and writes grad x."""
+    x, y, _ = make_inputs(case, device)
+    src, dst = torch.randn_like(x.detach()), torch.empty_like(x.detach())
+    dst.copy_(src)
+    copy_ms, _ = median_ms(lambda: dst.copy_(src), lambda: None, device, timing)
+    bytes_x, bytes_y = x.numel() * x.element_size(), y.numel() * y.element_size()
+    bandwidth = 2 * bytes_x / (copy_ms / 1e3)
+    return dict(copy_ms=copy_ms, bandwidth_gb_s=bandwidth / 1e9,
+                forward_ms=(bytes_x + bytes_y) / bandwidth * 1e3,
+                forward_backward_ms=(2 * (bytes_x + bytes_y) + bytes_x) / bandwidth * 1e3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def best_baseline(results: list, mode: str) -> Optional[MethodResult]:
+    timed_baselines = [r for r in results if r.method != "imm_ext" and getattr(r, mode)]
+    return min(timed_baselines, key=lambda r: getattr(r, mode).ms, default=None)
+
+
+def format_ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def mode_cells(result: MethodResult, mode: str, imm: Optional[Measurement], best) -> list:
+    m = getattr(result, mode)
+    if m is None:
+        return ["-", "-", "-"]
+    star = " *" if result is best else ""
+    if result.method == "imm_ext":
+        ratio = f"{m.ms / getattr(best, mode).ms:.2f}" if best else "-"
+    else:
+        ratio = f"{imm.ms / m.ms:.2f}" if imm else "-"
+    return [format_ms(m.ms) + star, ratio, f"{m.peak_extra_mb:.0f}"]
+
+
+def format_table(case: Case, results: list, limit: Optional[dict]) -> str:
+    header = ("| method | fwd ms | fwd ratio | fwd peak extra MB | fwd+bwd ms | fwd+bwd ratio "
+              "| fwd+bwd peak extra MB | notes |")
+    lines = [f"### {case.title} ({case.kernel}, y requires grad: {case.y_requires_grad})", "",
+             header, "|" + "---|" * 8]
+    imm = next((r for r in results if r.method == "imm_ext"), None)
+    bests = {mode: best_baseline(results, mode) for mode in ("forward", "forward_backward")}
+    for result in results:
+        cells = [result.method]
+        for mode in ("forward", "forward_backward"):
+            cells += mode_cells(result, mode, getattr(imm, mode) if imm else None, bests[mode])
+        lines.append("| " + " | ".join(cells + ["; ".join(result.notes)]) + " |")
+    if limit:
+        cells = ["copy limit"]
+        for mode in ("forward", "forward_backward"):
+            imm_m = getattr(imm, mode) if imm else None
+            ratio = f"{imm_m.ms / limit[mode + '_ms']:.2f}" if imm_m else "-"
+            cells += [format_ms(limit[mode + "_ms"]), ratio, "-"]
+        lines.append("| " + " | ".join(cells) + f" | copy bandwidth {limit['bandwidth_gb_s']:.1f} GB/s "
+                     "(dst.copy_(src) of x); fwd: 1 read of x, y; fwd+bwd: 2 reads of x, y + 1 write of grad x |")
+    lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
+              "time / best baseline (* = best baseline, fastest non-imm_ext method); copy limit row: "
+              "imm_ext time / memory-traffic limit. ms = median over repeated calls after warm-up."]
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict:
+    return dict(
+        device=device,
+        cpu=cpu_model(),
+        gpu=torch.cuda.get_device_name() if device == "cuda" else None,
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        imm_ext=imm_ext.__version__,
+        build_info=imm_ext.build_info(),
+        geomloss=geomloss.__version__ if geomloss else GEOMLOSS_MISSING,
+        pykeops=pykeops.__version__ if pykeops else KEOPS_MISSING,
+        load_average_at_start=load_average(),
+    )
+
+
+def load_average() -> Optional[list]:
+    """1, 5 and 15 minute load averages: other work on the machine skews the timings."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def machine_line(info: dict) -> str:
+    where = f"GPU {info['gpu']}, " if info["gpu"] else ""
+    return (f"machine: {where}CPU {info['cpu']}, {info['torch_threads']} torch threads "
+            f"({info['cpu_count']} CPUs) | torch {info['torch']} | imm_ext {info['imm_ext']} "
+            f"{info['build_info']} | geomloss {info['geomloss']} | pykeops {info['pykeops']} "
+            f"| load average {info['load_average_at_start']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no sets-100k")
+    parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(c.key for c in CASES))
+    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/kernels-<device>-<time>.json)")
+    parser.add_argument("--max-call-s", type=float, default=120.0,
+                        help="in cases with a probe (sets-100k), skip a baseline whose estimated "
+                             "fwd+bwd call takes longer (default 120; imm_ext always runs)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "--device cuda: no CUDA GPU is available to torch (torch.cuda.is_available() is False)\n")
+    keys = [c.key for c in CASES]
+    args.case_keys = args.cases.split(",") if args.cases else keys
+    unknown = set(args.case_keys) - set(keys)
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(keys)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    timing = QUICK if args.quick else FULL
+    info = machine_info(args.device)
+    print(machine_line(info), flush=True)
+    report = dict(machine=info, quick=args.quick, started=datetime.now().isoformat(timespec="seconds"),
+                  cases=[])
+    for case in CASES:
+        if case.key not in args.case_keys:
+            continue
+        if args.quick and case.full_only:
+            print(f"\n### {case.title}: skipped under --quick", flush=True)
+            continue
+        results = [run_method(method, case, args.device, timing, args.max_call_s) for method in METHODS]
+        check_agreement(results)
+        limit = copy_limit(case, args.device, timing) if case.imm else None
+        print("\n" + format_table(case, results, limit), flush=True)
+        report["cases"].append(dict(key=case.key, title=case.title, case=asdict(case), copy_limit=limit,
+                                    best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
+                                                   for mode in ("forward", "forward_backward")},
+                                    results=[asdict(r) for r in results]))
+    report["load_average_at_end"] = load_average()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or RESULTS_DIR / f"kernels-{args.device}{'-quick' if args.quick else ''}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+// SIMD registers of the width this instruction-set build targets, as GCC vector extensions.
+// IMM_CPU_VECTOR_BYTES is set per build by cmake/ImmExtCpuKernels.cmake (16, 32 or 64).
+#pragma once
+
+#include <cstring>
+
+#include <cstdint>
+
+#ifndef IMM_CPU_VECTOR_BYTES
+#error "IMM_CPU_VECTOR_BYTES must be defined by the build"
+#endif
+
+// Defined inside the per-ISA namespace: each build has its own width (see pairwise_cpu.cpp).
+namespace imm::cpu::IMM_CPU_ISA {
+
+template <class S>
+struct Simd {
+  static constexpr int bytes = IMM_CPU_VECTOR_BYTES;
+  static constexpr int lanes = bytes / static_cast<int>(sizeof(S));
+  typedef S V __attribute__((vector_size(bytes)));
+
+  static V load(const S* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static void store(S* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  static V zero() { return V{}; }
+  static S sum(V v) {
+    S s = S(0);
+    for (int l = 0; l < lanes; ++l) s += v[l];
+    return s;
+  }
+  // Lanes p[0], p[stride], ... (stride 0 broadcasts).
+  static V strided(const S* p, int64_t stride) {
+    if (stride == 1) return load(p);
+    V v;
+    for (int l = 0; l < lanes; ++l) v[l] = p[l * stride];
+    return v;
+  }
+  // The same for the first `count` lanes only (no read past them); the others are zero.
+  static V strided_first(const S* p, int64_t stride, int count) {
+    V v = zero();
+    for (int l = 0; l < count; ++l) v[l] = p[l * stride];
+    return v;
+  }
+  // v with lanes from `count` on set to zero (a select, so NaN there is dropped too).
+  static V first_lanes(V v, int count) {
+    if (count >= lanes) return v;
+    using I = decltype(v < v);
+    I index{};
+    for (int l = 0; l < lanes; ++l) index[l] = l;
+    return index < count ? v : zero();
+  }
+};
+
+}  // namespace imm::cpu::IMM_CPU_ISA
