@@ -3,26 +3,28 @@
 For each case (IMM's per-group MMD on pixel and latent shapes, and large point sets) and each method
 it measures, for the forward (under torch.no_grad) and for forward + backward (loss.backward() from
 fresh leaf tensors, gradients reset between calls):
-  * the median wall time in ms of repeated calls, after untimed calls: one that builds code
-    (torch.compile, KeOps; compilation is never timed) and one that measures memory;
+  * the median wall time in ms of repeated calls, after two untimed calls: a warm-up (which
+    includes any compilation: torch.compile, KeOps) and one that measures memory;
   * the ratio imm_ext time / this row's time (imm_ext row: imm_ext / best baseline, marked *);
-  * "peak extra MB", during that untimed memory call: on CPU the peak growth of the process RSS
-    (/proc/self/statm sampled every ms in a background thread); on CUDA
-    torch.cuda.max_memory_allocated minus the memory allocated before the call (the inputs).
+  * "peak extra MB", during that untimed memory call: on CPU the peak growth of the process's
+    anonymous resident memory (/proc/self/statm resident - shared, sampled every ms in a background
+    thread); on CUDA torch.cuda.max_memory_allocated minus the memory allocated before the call.
 Methods: imm_ext (the compiled kernels), eager (imm_ext.ops.mmd_loss_reference), compile
 (torch.compile of that reference, dynamic=False), cdist (a torch.cdist formulation), and GeomLoss
-SamplesLoss with the tensorized and online (KeOps) backends (set cases only: GeomLoss takes one scalar
-blur, so IMM's per-group bandwidths cannot be expressed). IMM cases add a "copy limit" row: the
-memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run.
-Methods that need too much memory are skipped with a note; in sets-100k each method is first timed
-at N = M = 10,000 and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is skipped; a method that fails is reported with its
-error and the run goes on. Results are printed as markdown tables and written as JSON (with the
-machine description) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
+SamplesLoss with the tensorized and online (KeOps) backends (set cases only: GeomLoss takes one
+scalar blur, so IMM's per-group bandwidths cannot be expressed). IMM cases add a "copy limit" row:
+the memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run.
+Methods that need too much memory are skipped with a note. In sets-100k each method is first timed
+at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is
+skipped. A method that fails is reported with its error and the run goes on. Results are printed
+as markdown tables and written as JSON (with the machine description and load average) to
+bench/results/kernels-<device>[-quick]-<timestamp>.json.
 
-    cd /work/main && python bench/kernels.py [--device cpu|cuda] [--quick] [--cases imm-pixel,sets-d3] [--out PATH]
+    python bench/kernels.py [--device cpu|cuda] [--quick] [--cases imm-pixel,sets-d3]
+        [--out PATH] [--max-call-s 120]
 
---quick: fewer repetitions and no sets-100k case (about 2 minutes on a 2-core CPU; the full run
-takes about 10-15 minutes there, most of it in sets-100k).
+--quick: fewer repetitions and no sets-100k case (about 2-3 minutes on an idle 2-core CPU; the full
+run takes about 10-15 minutes there, most of it in sets-100k).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MEMORY_LIMIT_BYTES = 4e9  # skip a method whose largest materialised tensor would exceed this
 FLOAT_BYTES = 4
 METHODS = ("imm_ext", "eager", "compile", "cdist", "geomloss-tensorized", "geomloss-online")
-COMPILING_METHODS = ("compile", "geomloss-online")  # their first call builds code
+COMPILING_METHODS = ("compile", "geomloss-online")  # their warm-up call compiles: noted in the table
 GEOMLOSS_NAMES = {"laplace": "laplacian", "gaussian": "gaussian", "energy": "energy"}
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -111,14 +113,14 @@ class Timing:
 
 
 FULL = Timing(max_reps=25, budget_s=5.0)
-QUICK = Timing(max_reps=7, budget_s=1.0)
+QUICK = Timing(max_reps=5, budget_s=0.5)
 
 
 @dataclass
 class Measurement:
     ms: float
     reps: int
-    warmup_s: Optional[float]  # the untimed code-building first call, where one was made
+    warmup_s: Optional[float]  # the untimed warm-up call; None where a probe did the warm-up
     peak_extra_mb: float
     loss: float
 
@@ -257,8 +259,11 @@ def median_ms(fn: Callable[[], object], reset: Callable[[], None], device: str, 
 
 
 def rss_bytes() -> int:
+    """Resident anonymous memory (statm resident - shared): file-backed pages, such as library code
+    touched for the first time, are left out."""
     with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        resident, shared = map(int, statm.read().split()[1:3])
+    return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
 
 
 def release_free_memory() -> None:
@@ -317,9 +322,9 @@ def workload(loss: Loss, x, y, mode: str):
 
 
 def measure(loss: Loss, x, y, mode: str, device: str, timing: Timing, warm_up: bool) -> Measurement:
-    """warm_up: first make one untimed call that builds code (torch.compile, KeOps), so that neither
-    the memory call nor the timed calls include compilation. The memory call is itself untimed and
-    precedes the timed calls, so it serves as the warm-up of methods that build nothing."""
+    """warm_up: first make one untimed call, so that neither the memory call nor the timed calls
+    include one-time work: compilation (torch.compile, KeOps) and lazy imports (the first call of
+    a torch.library custom op imports torch._dynamo: ~70 MB of Python objects)."""
     call, reset = workload(loss, x, y, mode)
     warmup_s = None
     if warm_up:
@@ -361,14 +366,16 @@ def run_method(method: str, case: Case, device: str, timing: Timing, max_call_s:
         return result
     for mode in ("forward", "forward_backward"):
         try:
-            warm_up = method in COMPILING_METHODS and not case.probe_n
+            warm_up = not case.probe_n  # a probe has already warmed the method up
             setattr(result, mode, measure(loss, x, y, mode, device, timing, warm_up))
         except Exception as error:  # noqa: BLE001
             result.notes.append(f"{mode}: {error_note(error)}")
     if method in COMPILING_METHODS:
-        firsts = [f"{m.warmup_s:.1f} s" for m in (result.forward, result.forward_backward) if m and m.warmup_s]
+        measured = (result.forward, result.forward_backward)
+        firsts = [f"{m.warmup_s:.1f} s" for m in measured if m and m.warmup_s]
         if firsts:
-            result.notes.append(f"first call fwd / fwd+bwd {' / '.join(firsts)} (not timed; includes any compilation)")
+            result.notes.append(f"first call fwd / fwd+bwd {' / '.join(firsts)} "
+                                "(not timed; includes any compilation)")
     return result
 
 
@@ -378,13 +385,16 @@ def error_note(error: Exception) -> str:
 
 
 def check_agreement(results: list) -> None:
-    """Note any method whose forward value differs from imm_ext's beyond float32 tolerance."""
+    """Note any method whose loss differs from imm_ext's beyond float32 accumulation error (the
+    kernel-block means are O(1); their difference, the loss, is small)."""
     reference = next((r.forward for r in results if r.method == "imm_ext"), None)
     if reference is None:
         return
     for result in results:
-        if result.method != "imm_ext" and result.forward and not math.isclose(result.forward.loss, reference.loss, rel_tol=1e-3, abs_tol=1e-5):
-            result.notes.append(f"value {result.forward.loss:.6g} differs from imm_ext {reference.loss:.6g}")
+        value = result.forward.loss if result.forward else None
+        if result.method != "imm_ext" and value is not None and not math.isclose(
+                value, reference.loss, rel_tol=1e-3, abs_tol=1e-6):
+            result.notes.append(f"loss {value:.6g} differs from imm_ext {reference.loss:.6g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,10 +456,12 @@ def format_table(case: Case, results: list, limit: Optional[dict]) -> str:
             ratio = f"{imm_m.ms / limit[mode + '_ms']:.2f}" if imm_m else "-"
             cells += [format_ms(limit[mode + "_ms"]), ratio, "-"]
         lines.append("| " + " | ".join(cells) + f" | copy bandwidth {limit['bandwidth_gb_s']:.1f} GB/s "
-                     "(dst.copy_(src) of x); fwd: 1 read of x, y; fwd+bwd: 2 reads of x, y + 1 write of grad x |")
+                     "(dst.copy_(src) of x); fwd: 1 read of x, y; "
+                     "fwd+bwd: 2 reads of x, y + 1 write of grad x |")
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline, fastest non-imm_ext method); copy limit row: "
-              "imm_ext time / memory-traffic limit. ms = median over repeated calls after warm-up."]
+              "imm_ext time / memory-traffic limit. ms = median of repeated calls after untimed "
+              "warm-up and memory calls."]
     return "\n".join(lines)
 
 
@@ -505,13 +517,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no sets-100k")
     parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(c.key for c in CASES))
-    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/kernels-<device>-<time>.json)")
+    parser.add_argument("--out", type=Path,
+                        help="JSON path (default bench/results/kernels-<device>[-quick]-<time>.json)")
     parser.add_argument("--max-call-s", type=float, default=120.0,
                         help="in cases with a probe (sets-100k), skip a baseline whose estimated "
                              "fwd+bwd call takes longer (default 120; imm_ext always runs)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.exit(2, "--device cuda: no CUDA GPU is available to torch (torch.cuda.is_available() is False)\n")
+        parser.exit(2, "--device cuda: no CUDA GPU is available to torch "
+                       "(torch.cuda.is_available() is False)\n")
     keys = [c.key for c in CASES]
     args.case_keys = args.cases.split(",") if args.cases else keys
     unknown = set(args.case_keys) - set(keys)
