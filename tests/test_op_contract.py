@@ -38,7 +38,7 @@ def _op_samples(dtype):
         yield x, y, h
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 def test_opcheck(dtype):
     for x, y, h in _op_samples(dtype):
         for kernel in ("laplace", "energy"):
