@@ -175,7 +175,7 @@ def test_s_and_t_broadcast_and_accept_floats():
     (dict(kind="eta", T=1.0), "T=1.0 makes the 'eta' quantity infinite"),
     (dict(kind="lambda", eps_t=0.0), "eps_t=0.0 makes the 'lambda' quantity infinite"),
     (dict(kind="inv_eta", eps_t=0.0, T=1.0), "eps_t=0.0 makes the 'inv_eta' quantity infinite"),
-    (dict(schedule="ve"), "name must be"),
+    (dict(schedule="ve"), "schedule must be"),
 ])
 def test_bad_settings(kwargs, match):
     kwargs = {"schedule": "fm", **kwargs}

@@ -161,7 +161,7 @@ X, NOISE, _, _, T_BATCH = batch(seed=6, b=4)
 
 @pytest.mark.parametrize("name", ["cosine", "FM", "", None, 3])
 def test_unknown_schedule_name(name):
-    with pytest.raises(ValueError, match="name must be"):
+    with pytest.raises(ValueError, match="schedule must be"):
         get_schedule(name)
 
 
@@ -177,7 +177,7 @@ def test_unknown_schedule_name(name):
     (lambda: interpolate(X, NOISE.float(), T_BATCH, "fm"), ValueError, "noise must match x"),
     (lambda: interpolate(X.numpy(), NOISE, T_BATCH, "fm"), TypeError, "x must be a torch.Tensor"),
     (lambda: interpolate(X.long(), NOISE.long(), T_BATCH, "fm"), TypeError, "x must be a floating-point"),
-    (lambda: interpolate(X, NOISE, T_BATCH, "edm"), ValueError, "name must be"),
+    (lambda: interpolate(X, NOISE, T_BATCH, "edm"), ValueError, "schedule must be"),
     (lambda: ddim(X, X, 0.1, T_BATCH[:2], "fm"), ValueError, r"t must be a scalar or have shape"),
     (lambda: ddim(X, X, "0.1", 0.5, "fm"), TypeError, "s must be a real number"),
     (lambda: ddim(X[0], X, 0.1, 0.5, "fm"), ValueError, "x_t must match x"),

@@ -90,7 +90,7 @@ def test_output_is_float64_with_the_shape_of_t():
     (dict(a=True), ValueError, "a must be a finite real"),
     (dict(b=float("inf")), ValueError, "b must be a finite real"),
     (dict(b="4"), ValueError, "b must be a finite real"),
-    (dict(schedule="edm"), ValueError, "name must be"),
+    (dict(schedule="edm"), ValueError, "schedule must be"),
 ])
 def test_bad_settings(kwargs, error, match):
     kwargs = {"schedule": "fm", **kwargs}

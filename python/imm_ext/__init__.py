@@ -1,12 +1,13 @@
 """imm_ext: Inductive Moment Matching (Zhou, Ermon, Song, ICML 2025) with a C++/CUDA core.
 
 Pairwise kernels and MMD (`mmd_loss`, `MMDLoss`, `pairwise_kernel`) run on hand-written CPU and CUDA
-kernels; `imm_ext.kernels` exposes the same computations on numpy and CuPy arrays.
+kernels; `imm_ext.kernels` exposes the same computations on numpy and CuPy arrays; `imm_ext.method`
+holds the method's schedules, r(s, t) mapping, weighting and parametrisation.
 """
 from ._core import build_info
 from .ops import MMDLoss, mmd_loss, pairwise_kernel
-from . import kernels
+from . import kernels, method
 
 __version__ = build_info()["version"]
 
-__all__ = ["MMDLoss", "build_info", "kernels", "mmd_loss", "pairwise_kernel", "__version__"]
+__all__ = ["MMDLoss", "build_info", "kernels", "method", "mmd_loss", "pairwise_kernel", "__version__"]

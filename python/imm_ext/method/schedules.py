@@ -120,14 +120,15 @@ SCHEDULES = {schedule.name: schedule for schedule in (FlowMatchingSchedule(), Co
 ScheduleLike = Union[str, NoiseSchedule]
 
 
-def get_schedule(name: ScheduleLike) -> NoiseSchedule:
-    """The schedule called `name` ("fm" or "vp_cosine"); a NoiseSchedule instance is returned as is."""
-    if isinstance(name, NoiseSchedule):
-        return name
-    if not isinstance(name, str) or name not in SCHEDULES:
-        raise ValueError(f"name must be a NoiseSchedule or one of {', '.join(map(repr, SCHEDULES))}; "
-                         f"got {name!r}")
-    return SCHEDULES[name]
+def get_schedule(schedule: ScheduleLike) -> NoiseSchedule:
+    """The schedule named `schedule` ("fm" or "vp_cosine"); a NoiseSchedule instance is returned as is.
+    Errors name the `schedule` argument, which is what every caller calls it."""
+    if isinstance(schedule, NoiseSchedule):
+        return schedule
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be a NoiseSchedule or one of {', '.join(map(repr, SCHEDULES))}; "
+                         f"got {schedule!r}")
+    return SCHEDULES[schedule]
 
 
 def _check_data(data: torch.Tensor, name: str) -> None:
