@@ -133,3 +133,14 @@ def test_mixed_dtypes_promote():
     x, y = random_sets(2, 5, 5, 3, seed=7)
     out = imm_ext.mmd_loss(x.float(), y)
     torch.testing.assert_close(out, mmd_loss_reference(x.float().double(), y))
+
+
+def test_mmd_terms_combine_into_the_biased_mmd():
+    x, y = random_sets(3, 5, 4, 6, seed=8)
+    terms = imm_ext.mmd_terms(x, y, kernel="laplace", bandwidth=2.0)
+    assert terms.shape == (3, 3)
+    torch.testing.assert_close(terms[:, 0] + terms[:, 1] - 2 * terms[:, 2],
+                               mmd_loss_reference(x, y, bandwidth=2.0, reduction="none"))
+    k_xy = pairwise_kernel_reference(x, y, kernel="laplace", bandwidth=2.0)
+    torch.testing.assert_close(terms[:, 2], k_xy.mean((1, 2)))
+    assert imm_ext.mmd_terms(x[0], y[0]).shape == (3,)

@@ -5,9 +5,9 @@ kernels; `imm_ext.kernels` exposes the same computations on numpy and CuPy array
 holds the method's schedules, r(s, t) mapping, weighting and parametrisation.
 """
 from ._core import build_info
-from .ops import MMDLoss, mmd_loss, pairwise_kernel
+from .ops import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel
 from . import kernels, method
 
 __version__ = build_info()["version"]
 
-__all__ = ["MMDLoss", "build_info", "kernels", "method", "mmd_loss", "pairwise_kernel", "__version__"]
+__all__ = ["MMDLoss", "build_info", "kernels", "method", "mmd_loss", "mmd_terms", "pairwise_kernel", "__version__"]

@@ -1,12 +1,15 @@
 """The IMM method in float64 time arithmetic: noise schedules and the DDIM interpolant, the r(s, t)
-mapping, the prior weighting w(s, t) and the network parametrisation f_{s,t} (imm-method.md §1, §2.1,
-§2.2, §3.3, §3.7, §4.4)."""
+mapping, the prior weighting w(s, t), the network parametrisation f_{s,t}, the IMM loss and the
+few-step samplers (imm-method.md §1-§4)."""
+from .loss import LOSS_KERNELS, IMMLoss
 from .mapping import MAPPING_KINDS, RMapping
 from .parametrization import F_TYPES, TIME_EMBEDDINGS, IMMParametrization, c_in, c_out, c_skip
+from .sampling import DISCRETIZATIONS, SAMPLING_METHODS, IMMSampler, sampling_times
 from .schedules import (SCHEDULES, CosineSchedule, FlowMatchingSchedule, NoiseSchedule, ddim, get_schedule,
                         interpolate)
 from .weighting import WEIGHTING_KINDS, PriorWeighting
 
-__all__ = ["CosineSchedule", "FlowMatchingSchedule", "F_TYPES", "IMMParametrization", "MAPPING_KINDS",
-           "NoiseSchedule", "PriorWeighting", "RMapping", "SCHEDULES", "TIME_EMBEDDINGS", "WEIGHTING_KINDS",
-           "c_in", "c_out", "c_skip", "ddim", "get_schedule", "interpolate"]
+__all__ = ["CosineSchedule", "DISCRETIZATIONS", "FlowMatchingSchedule", "F_TYPES", "IMMLoss", "IMMParametrization",
+           "IMMSampler", "LOSS_KERNELS", "MAPPING_KINDS", "NoiseSchedule", "PriorWeighting", "RMapping", "SAMPLING_METHODS",
+           "SCHEDULES", "TIME_EMBEDDINGS", "WEIGHTING_KINDS", "c_in", "c_out", "c_skip", "ddim", "get_schedule",
+           "interpolate", "sampling_times"]

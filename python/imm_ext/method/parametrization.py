@@ -223,16 +223,26 @@ class IMMParametrization(nn.Module):
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
+    def _network_dtype(self, fallback: torch.dtype) -> torch.dtype:
+        parameters = self.network.parameters() if isinstance(self.network, nn.Module) else ()
+        for parameter in parameters:
+            if parameter.is_floating_point():
+                return parameter.dtype
+        return fallback
+
     def _network_inputs(self, x_t: torch.Tensor, t_data: torch.Tensor,
                         s_data: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """c_in(t) x_t in x_t's dtype, and the (B,) time inputs c t and c s | c (t - s) of §2.2.
+        """c_in(t) x_t, and the (B,) time inputs c t and c s | c (t - s) of §2.2, in the network's dtype.
 
-        Time inputs are in x_t's dtype, but at least float32: half precision cannot tell 1000 t
-        apart from its neighbours (the float16 spacing near 1000 is 0.5, bfloat16's is 4).
+        The network's dtype is that of its first floating-point parameter (x_t's dtype for a
+        parameter-free callable), so a float32 network serves the sampler's float64 state (§2.3:
+        the authors' wrapper casts network inputs to float32). Time inputs are at least float32:
+        half precision cannot tell 1000 t apart from its neighbours (float16 spacing near 1000 is 0.5).
         """
         batch = x_t.shape[0]
-        network_x = _input_scale(t_data, self.schedule, self.sigma_data).to(x_t.dtype) * x_t
-        time_dtype = torch.promote_types(x_t.dtype, torch.float32)
+        dtype = self._network_dtype(x_t.dtype)
+        network_x = (_input_scale(t_data, self.schedule, self.sigma_data) * x_t).to(dtype)
+        time_dtype = torch.promote_types(dtype, torch.float32)
         second = s_data if self.time_embedding == "identity" else t_data - s_data
         c_t = (self.time_scale * t_data).reshape(-1).expand(batch).to(time_dtype)
         c_s = (self.time_scale * second).reshape(-1).expand(batch).to(time_dtype)

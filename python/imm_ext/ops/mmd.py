@@ -45,20 +45,37 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "laplace", bandw
     n, m = sets.x.shape[1], sets.y.shape[1]
     if estimator == "unbiased" and min(n, m) < 2:
         raise ValueError(f"estimator='unbiased' needs at least 2 points in x and in y; got N={n}, M={m}")
-    acc = accumulate_dtype(sets.x.dtype)
-    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, acc)
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype))
     scale = resolve_distance_scale(distance_scale, sets.dim)
     eps = check_eps(eps)
-    sums = pairwise_ops.mmd_block_sums(sets.x, sets.y, h, kernel, scale, eps)
-    s_xx, s_yy, s_xy = sums.unbind(1)
+    means = _block_means(sets, h, kernel, scale, eps)
+    k_xx, k_yy, k_xy = means.unbind(1)
     if estimator == "biased":
-        mmd = s_xx / (n * n) + s_yy / (m * m) - 2 * s_xy / (n * m)
+        mmd = k_xx + k_yy - 2 * k_xy
     else:
-        # The diagonal k(x_i, x_i) = k(c * eps) is a constant with zero gradient: subtract it.
-        diagonal = kernel_profile(torch.tensor(scale * eps, dtype=acc, device=h.device), h, kernel).sum(1)
-        mmd = ((s_xx - n * diagonal) / (n * (n - 1)) + (s_yy - m * diagonal) / (m * (m - 1))
-               - 2 * s_xy / (n * m))
+        # The diagonal k(x_i, x_i) = k(c * eps) is a constant with zero gradient: take it out.
+        diagonal = kernel_profile(torch.tensor(scale * eps, dtype=h.dtype, device=h.device), h, kernel).sum(1)
+        mmd = (n * k_xx - diagonal) / (n - 1) + (m * k_yy - diagonal) / (m - 1) - 2 * k_xy
     return reduce_per_set(mmd, reduction, sets.batched)
+
+
+def mmd_terms(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "laplace", bandwidth: Bandwidth = 1.0,
+              distance_scale: DistanceScale = None, eps: float = 1e-8) -> torch.Tensor:
+    """The three V-statistic means of the squared MMD, as a (G, 3) tensor (a (3,) one for 2-D input):
+    mean k(x_i, x_j), mean k(y_i, y_j), mean k(x_i, y_j), so that the biased squared MMD is
+    terms[..., 0] + terms[..., 1] - 2 * terms[..., 2]. Options and gradients as `mmd_loss`; IMM logs
+    the three terms (paper Eq. 67: repulsion among y_t, the constant k(y_r, y_r), the attraction)."""
+    check_choice("kernel", kernel, KERNELS)
+    sets = check_point_sets(x, y)
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype))
+    means = _block_means(sets, h, kernel, resolve_distance_scale(distance_scale, sets.dim), check_eps(eps))
+    return means if sets.batched else means[0]
+
+
+def _block_means(sets, bandwidths: torch.Tensor, kernel: str, scale: float, eps: float) -> torch.Tensor:
+    n, m = sets.x.shape[1], sets.y.shape[1]
+    sums = pairwise_ops.mmd_block_sums(sets.x, sets.y, bandwidths, kernel, scale, eps)
+    return sums / sums.new_tensor([n * n, m * m, n * m])
 
 
 class MMDLoss(torch.nn.Module):
