@@ -23,6 +23,18 @@ def check_finite_real(name: str, value) -> float:
     return float(value)
 
 
+def check_time_bounds(eps_t, T) -> tuple:
+    """(eps_t, T) as floats, if 0 <= eps_t < T <= 1: the time range of training and sampling (§1)."""
+    eps_t, T = check_finite_real("eps_t", eps_t), check_finite_real("T", T)
+    if eps_t < 0:
+        raise ValueError(f"eps_t must be >= 0; got {eps_t}")
+    if T > 1:
+        raise ValueError(f"T must be <= 1; got {T}")
+    if eps_t >= T:
+        raise ValueError(f"eps_t must be smaller than T; got eps_t={eps_t}, T={T}")
+    return eps_t, T
+
+
 def as_float64(value: TimeLike, name: str) -> torch.Tensor:
     """`value` as a float64 tensor on its own device (a Python number becomes a 0-d CPU tensor)."""
     if isinstance(value, torch.Tensor):

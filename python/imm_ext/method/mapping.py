@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from ..ops.options import check_choice
-from .arguments import TimeLike, as_float64, check_finite_real
+from .arguments import TimeLike, as_float64, check_finite_real, check_time_bounds
 from .schedules import NoiseSchedule, ScheduleLike, get_schedule
 
 MAPPING_KINDS = ("eta", "t", "lambda", "inv_eta")
@@ -68,13 +68,7 @@ class RMapping:
         check_choice("kind", self.kind, MAPPING_KINDS)
         if isinstance(self.k, bool) or not isinstance(self.k, Integral) or not MIN_K <= self.k <= MAX_K:
             raise ValueError(f"k must be an integer in [{MIN_K}, {MAX_K}]; got {self.k!r}")
-        eps_t, T = check_finite_real("eps_t", self.eps_t), check_finite_real("T", self.T)
-        if eps_t < 0:
-            raise ValueError(f"eps_t must be >= 0; got {eps_t}")
-        if T > 1:
-            raise ValueError(f"T must be <= 1; got {T}")
-        if eps_t >= T:
-            raise ValueError(f"eps_t must be smaller than T; got eps_t={eps_t}, T={T}")
+        eps_t, T = check_time_bounds(self.eps_t, self.T)
         delta = check_finite_real("delta", self.delta)
         if delta < 0:
             raise ValueError(f"delta must be >= 0; got {delta}")

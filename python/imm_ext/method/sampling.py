@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..ops.options import check_choice
-from .arguments import check_finite_real
+from .arguments import check_finite_real, check_time_bounds
 from .parametrization import IMMParametrization
 from .schedules import NoiseSchedule, ScheduleLike, get_schedule
 
@@ -31,17 +31,6 @@ EDM_RHO = 7.0
 
 JumpModel = Callable[..., torch.Tensor]
 Samples = Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]
-
-
-def _check_bounds(eps_t, T) -> Tuple[float, float]:
-    eps_t, T = check_finite_real("eps_t", eps_t), check_finite_real("T", T)
-    if eps_t < 0:
-        raise ValueError(f"eps_t must be >= 0; got {eps_t}")
-    if T > 1:
-        raise ValueError(f"T must be <= 1; got {T}")
-    if eps_t >= T:
-        raise ValueError(f"eps_t must be smaller than T; got eps_t={eps_t}, T={T}")
-    return eps_t, T
 
 
 def _edm_times(steps: int, schedule: NoiseSchedule, eps_t: float, T: float) -> torch.Tensor:
@@ -104,7 +93,7 @@ def sampling_times(steps: int, schedule: ScheduleLike = "fm", discretization: st
     steps = int(steps)
     schedule = get_schedule(schedule)
     check_choice("discretization", discretization, DISCRETIZATIONS)
-    eps_t, T = _check_bounds(eps_t, T)
+    eps_t, T = check_time_bounds(eps_t, T)
     if discretization != "custom" and mid_eta is not None:
         raise ValueError(f"mid_eta is only used by the 'custom' discretization; got discretization "
                          f"{discretization!r} with mid_eta={mid_eta!r}")
