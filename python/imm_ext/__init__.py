@@ -7,7 +7,11 @@ holds the method's schedules, r(s, t) mapping, weighting and parametrisation.
 from ._core import build_info
 from .ops import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel
 from . import kernels, method
+from .method import (PRESETS, IMMLoss, IMMParametrization, IMMPreset, IMMSampler, PriorWeighting, RMapping,
+                     get_schedule, sampling_times)
 
 __version__ = build_info()["version"]
 
-__all__ = ["MMDLoss", "build_info", "kernels", "method", "mmd_loss", "mmd_terms", "pairwise_kernel", "__version__"]
+__all__ = ["IMMLoss", "IMMParametrization", "IMMPreset", "IMMSampler", "MMDLoss", "PRESETS", "PriorWeighting",
+           "RMapping", "build_info", "get_schedule", "kernels", "method", "mmd_loss", "mmd_terms", "pairwise_kernel",
+           "sampling_times", "__version__"]

@@ -3,13 +3,14 @@ mapping, the prior weighting w(s, t), the network parametrisation f_{s,t}, the I
 few-step samplers (imm-method.md §1-§4)."""
 from .loss import LOSS_KERNELS, IMMLoss
 from .mapping import MAPPING_KINDS, RMapping
+from .presets import PRESETS, IMMPreset
 from .parametrization import F_TYPES, TIME_EMBEDDINGS, IMMParametrization, c_in, c_out, c_skip
 from .sampling import DISCRETIZATIONS, SAMPLING_METHODS, IMMSampler, sampling_times
 from .schedules import (SCHEDULES, CosineSchedule, FlowMatchingSchedule, NoiseSchedule, ddim, get_schedule,
                         interpolate)
 from .weighting import WEIGHTING_KINDS, PriorWeighting
 
-__all__ = ["CosineSchedule", "DISCRETIZATIONS", "FlowMatchingSchedule", "F_TYPES", "IMMLoss", "IMMParametrization",
-           "IMMSampler", "LOSS_KERNELS", "MAPPING_KINDS", "NoiseSchedule", "PriorWeighting", "RMapping", "SAMPLING_METHODS",
+__all__ = ["CosineSchedule", "DISCRETIZATIONS", "FlowMatchingSchedule", "F_TYPES", "IMMLoss", "IMMParametrization", "IMMPreset",
+           "IMMSampler", "LOSS_KERNELS", "MAPPING_KINDS", "NoiseSchedule", "PRESETS", "PriorWeighting", "RMapping", "SAMPLING_METHODS",
            "SCHEDULES", "TIME_EMBEDDINGS", "WEIGHTING_KINDS", "c_in", "c_out", "c_skip", "ddim", "get_schedule",
            "interpolate", "sampling_times"]
