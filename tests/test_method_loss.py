@@ -4,7 +4,7 @@ the stop-gradient target pass, and bad input."""
 import pytest
 import torch
 
-from imm_ext.method import IMMLoss, IMMParametrization, PriorWeighting, RMapping, c_out
+from imm_ext.method import IMMLoss, IMMParametrization, PriorWeighting, RMapping, get_schedule
 
 D = 6
 
@@ -149,3 +149,39 @@ def test_bad_batch_and_missing_null_label():
     _, dropping = make(label_dropout=0.1)
     with pytest.raises(ValueError, match="null_label"):
         dropping(model, torch.zeros(8, D, dtype=torch.float64), torch.zeros(8, dtype=torch.long))
+
+
+class GaussianJump:
+    """f_{s,t} for data N(mu, diag(v)) under "fm" with Euler-FM's boundary: the exact marginal-preserving
+    map x_s = m_s + sqrt(V_s / V_t) (x_t - m_t) (m_u = alpha_u mu, V_u = alpha_u^2 v + sigma_u^2 sigma_d^2),
+    optionally perturbed by (t - s) times a shift or a scale error, which keeps f_{t,t} = x."""
+
+    schedule, f_type, sigma_data, null_label = get_schedule("fm"), "euler_fm", 0.5, None
+    mu = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)
+    variance = torch.tensor([0.3, 0.05, 0.6], dtype=torch.float64)
+
+    def __init__(self, scale_error=0.0, shift_error=0.0):
+        self.scale_error, self.shift_error = scale_error, shift_error
+
+    def moments(self, u):
+        u = u[:, None]
+        return (1 - u) * self.mu, (1 - u) ** 2 * self.variance + u**2 * self.sigma_data**2
+
+    def __call__(self, x_t, t, s, labels=None):
+        (m_t, v_t), (m_s, v_s) = self.moments(t), self.moments(s)
+        gap = (t - s)[:, None]
+        return m_s + self.shift_error * gap + (1 + self.scale_error * gap) * torch.sqrt(v_s / v_t) * (x_t - m_t)
+
+
+def test_exact_gaussian_map_has_lower_loss_than_perturbed_maps():
+    loss_fn = IMMLoss(RMapping("fm", k=8, T=0.994), PriorWeighting("fm"), particles=4)
+    gen = torch.Generator().manual_seed(0)
+    batch = 16384
+    x = GaussianJump.mu + GaussianJump.variance.sqrt() * torch.randn(batch, 3, generator=gen, dtype=torch.float64)
+    noise = 0.5 * torch.randn(batch, 3, generator=gen, dtype=torch.float64)
+    t, s = loss_fn.sample_times(batch // 4, gen)
+    loss = lambda model: float(loss_fn.evaluate(model, x, noise, t, s)[0])  # paired: same draws for all
+    exact = loss(GaussianJump())
+    for perturbed in (GaussianJump(scale_error=0.5), GaussianJump(scale_error=-0.5),
+                      GaussianJump(shift_error=0.5), GaussianJump(shift_error=-1.0)):
+        assert exact < 0.99 * loss(perturbed)
