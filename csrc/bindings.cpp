@@ -13,7 +13,9 @@
 
 #include "common/pair_task.h"
 #include "cpu/dispatch.h"
+#include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_WITH_CUDA)
+#include "cuda/interpolant_cuda.h"
 #include "cuda/pairwise_cuda.h"
 #endif
 
@@ -71,6 +73,67 @@ void pair_task(int mode, int dtype, int kind, int64_t groups, int64_t dim, std::
   }
 }
 
+void check_device(const std::string& device, const char* name) {
+  if (device != "cpu" && device != "cuda")
+    throw std::invalid_argument(std::string(name) + ": device must be 'cpu' or 'cuda'");
+#if !defined(IMM_EXT_WITH_CUDA)
+  if (device == "cuda") throw std::runtime_error("imm_ext was built without CUDA kernels");
+#endif
+}
+
+// x_t, x_r = interpolants of x and noise; see csrc/common/interpolant.h.
+void interpolant_pair(int dtype, int64_t batch, int64_t per_sample, int64_t particles, std::uintptr_t x,
+                      std::uintptr_t noise, std::uintptr_t coefficients, std::uintptr_t x_t,
+                      std::uintptr_t x_r, const std::string& device, std::uintptr_t stream, int threads) {
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument("interpolant_pair: dtype code out of range");
+  if (batch < 0 || per_sample < 0 || particles < 1 || batch % particles != 0)
+    throw std::invalid_argument("interpolant_pair: bad sizes");
+  check_device(device, "interpolant_pair");
+  const auto dt = static_cast<imm::DType>(dtype);
+  const auto* coef = reinterpret_cast<const double*>(coefficients);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    imm::cpu::interpolant_pair(dt, batch, per_sample, particles, reinterpret_cast<const void*>(x),
+                               reinterpret_cast<const void*>(noise), coef, reinterpret_cast<void*>(x_t),
+                               reinterpret_cast<void*>(x_r), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::interpolant_pair(dt, batch, per_sample, particles, reinterpret_cast<const void*>(x),
+                                reinterpret_cast<const void*>(noise), coef, reinterpret_cast<void*>(x_t),
+                                reinterpret_cast<void*>(x_r), stream);
+#endif
+  }
+  (void)stream;
+}
+
+// out = c_skip x + c_out G (G guided when g_uncond != 0); see csrc/common/interpolant.h.
+void sampler_step(int state_dtype, int g_dtype, int64_t batch, int64_t per_sample, std::uintptr_t x,
+                  std::uintptr_t g_cond, std::uintptr_t g_uncond, std::uintptr_t c_skip,
+                  std::uintptr_t c_out, double guidance, std::uintptr_t out, const std::string& device,
+                  std::uintptr_t stream, int threads) {
+  if (state_dtype < 0 || state_dtype > 3 || g_dtype < 0 || g_dtype > 3)
+    throw std::invalid_argument("sampler_step: dtype code out of range");
+  if (batch < 0 || per_sample < 0) throw std::invalid_argument("sampler_step: bad sizes");
+  check_device(device, "sampler_step");
+  const auto sd = static_cast<imm::DType>(state_dtype);
+  const auto gd = static_cast<imm::DType>(g_dtype);
+  const auto* xp = reinterpret_cast<const void*>(x);
+  const auto* gc = reinterpret_cast<const void*>(g_cond);
+  const auto* gu = reinterpret_cast<const void*>(g_uncond);
+  const auto* skip = reinterpret_cast<const double*>(c_skip);
+  const auto* scale = reinterpret_cast<const double*>(c_out);
+  auto* o = reinterpret_cast<void*>(out);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    imm::cpu::sampler_step(sd, gd, batch, per_sample, xp, gc, gu, skip, scale, guidance, o, threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::sampler_step(sd, gd, batch, per_sample, xp, gc, gu, skip, scale, guidance, o, stream);
+#endif
+  }
+  (void)stream;
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = IMM_EXT_VERSION;
@@ -104,6 +167,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_rows"), py::arg("sets"), py::arg("bandwidth"), py::arg("num_bandwidths"),
         py::arg("distance_scale"), py::arg("eps"), py::arg("out"), py::arg("device"),
         py::arg("stream"), py::arg("threads"));
+  m.def("interpolant_pair", &interpolant_pair, "x_t, x_r from x and noise (csrc/common/interpolant.h)",
+        py::arg("dtype"), py::arg("batch"), py::arg("per_sample"), py::arg("particles"), py::arg("x"),
+        py::arg("noise"), py::arg("coefficients"), py::arg("x_t"), py::arg("x_r"), py::arg("device"),
+        py::arg("stream"), py::arg("threads"));
+  m.def("sampler_step", &sampler_step, "x_s = c_skip x + c_out G (csrc/common/interpolant.h)",
+        py::arg("state_dtype"), py::arg("g_dtype"), py::arg("batch"), py::arg("per_sample"), py::arg("x"),
+        py::arg("g_cond"), py::arg("g_uncond"), py::arg("c_skip"), py::arg("c_out"), py::arg("guidance"),
+        py::arg("out"), py::arg("device"), py::arg("stream"), py::arg("threads"));
   m.def("build_info", &build_info, "How this module was built");
 #if defined(IMM_EXT_WITH_CUDA)
   m.attr("with_cuda") = true;

@@ -101,3 +101,26 @@ def reduce_per_set(values: torch.Tensor, reduction: str, batched: bool) -> torch
     if reduction == "sum":
         return values.sum()
     return values if batched else values[0]
+
+
+def interpolant_pair_reference(x: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor,
+                               sigma_t: torch.Tensor, alpha_r: torch.Tensor, sigma_r: torch.Tensor,
+                               particles: int):
+    """Plain-PyTorch (x_t, x_r) of imm_ext.ops.interpolant_pair, in the accumulation dtype, cast back."""
+    acc = accumulate_dtype(x.dtype)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    per = lambda c: c.to(acc).repeat_interleave(particles).reshape(shape)
+    xa, na = x.to(acc), noise.to(acc)
+    return ((per(alpha_t) * xa + per(sigma_t) * na).to(x.dtype),
+            (per(alpha_r) * xa + per(sigma_r) * na).to(x.dtype))
+
+
+def sampler_step_reference(x: torch.Tensor, g_cond: torch.Tensor, c_skip: torch.Tensor, c_out: torch.Tensor,
+                           g_uncond=None, guidance=None) -> torch.Tensor:
+    """Plain-PyTorch x_s of imm_ext.ops.sampler_step, in the accumulation dtype of x, cast back."""
+    acc = accumulate_dtype(x.dtype)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    g = g_cond.to(acc)
+    if g_uncond is not None:
+        g = g_uncond.to(acc) + guidance * (g - g_uncond.to(acc))
+    return (c_skip.to(acc).reshape(shape) * x.to(acc) + c_out.to(acc).reshape(shape) * g).to(x.dtype)
