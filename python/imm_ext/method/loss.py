@@ -18,12 +18,11 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from ..ops import mmd_terms
+from ..ops import interpolant_pair, mmd_terms
 from ..ops.options import check_choice
 from .arguments import check_finite_real
 from .mapping import RMapping
 from .parametrization import IMMParametrization, c_out
-from .schedules import interpolate
 from .weighting import PriorWeighting
 
 LOSS_KERNELS = ("laplace", "gaussian", "energy", "imq")
@@ -106,14 +105,15 @@ class IMMLoss:
         groups = self._groups(x)
         if noise.shape != x.shape:
             raise ValueError(f"noise must have the shape of x {tuple(x.shape)}; got {tuple(noise.shape)}")
-        t, s = t.to(torch.float64), s.to(torch.float64)
+        t, s = t.to(x.device, torch.float64), s.to(x.device, torch.float64)
         if t.shape != (groups,) or s.shape != (groups,):
             raise ValueError(f"t and s must have shape (G,) = ({groups},); got {tuple(t.shape)}, {tuple(s.shape)}")
         r = self.mapping(s, t)
         m = self.particles
         per_sample = lambda v: v.repeat_interleave(m)
-        x_t = interpolate(x, noise, per_sample(t), model.schedule)
-        x_r = interpolate(x, noise, per_sample(r), model.schedule)
+        schedule = model.schedule
+        x_t, x_r = interpolant_pair(x, noise, schedule.alpha(t), schedule.sigma(t), schedule.alpha(r),
+                                    schedule.sigma(r), m)  # one fused pass, same data and noise (§3.4)
         with torch.no_grad():
             y_r = model(x_r, per_sample(r), per_sample(s), labels)
         y_t = model(x_t, per_sample(t), per_sample(s), labels)

@@ -37,6 +37,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from ..ops import sampler_step
 from ..ops.options import check_choice
 from .arguments import TimeLike, as_float64, broadcast_to_data, check_finite_real
 from .schedules import FlowMatchingSchedule, NoiseSchedule, ScheduleLike, get_schedule
@@ -45,6 +46,11 @@ F_TYPES = ("simple_edm", "euler_fm", "identity")
 TIME_EMBEDDINGS = ("identity", "stride")
 
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def _guided(conditional: torch.Tensor, unconditional: torch.Tensor, guidance: float) -> torch.Tensor:
+    """G_w = G(null) + w (G(labels) - G(null)) (§4.4)."""
+    return unconditional + float(guidance) * (conditional - unconditional)
 
 
 def _check_f_type(f_type: str, schedule: NoiseSchedule) -> None:
@@ -177,10 +183,17 @@ class IMMParametrization(nn.Module):
         G_w = G(null) + w (G(labels) - G(null)) of §4.4 (see `raw_output`).
         """
         t_data, s_data = self._times(x_t, t, s)
-        raw = self._raw(x_t, t_data, s_data, labels, guidance)
-        skip = _skip(s_data, t_data, self.schedule, self.f_type).to(x_t.dtype)
-        out = _out(s_data, t_data, self.schedule, self.f_type, self.sigma_data).to(x_t.dtype)
-        return skip * x_t + out * raw.to(x_t.dtype)
+        g_cond, g_uncond = self._outputs(x_t, t_data, s_data, labels, guidance)
+        skip = _skip(s_data, t_data, self.schedule, self.f_type)
+        out = _out(s_data, t_data, self.schedule, self.f_type, self.sigma_data)
+        if not torch.is_grad_enabled():
+            # Sampling and the loss's target pass: one fused pass with guidance folded in, float64
+            # accumulation for a float64 state (imm_ext.ops.sampler_step).
+            batch = x_t.shape[0]
+            per_sample = lambda c: c.reshape(-1).expand(batch).contiguous()
+            return sampler_step(x_t, g_cond, per_sample(skip), per_sample(out), g_uncond, guidance)
+        raw = g_cond if g_uncond is None else _guided(g_cond, g_uncond, guidance)
+        return skip.to(x_t.dtype) * x_t + out.to(x_t.dtype) * raw.to(x_t.dtype)
 
     def raw_output(self, x_t: torch.Tensor, t: TimeLike, s: TimeLike, labels: Optional[torch.Tensor] = None,
                    guidance: Optional[float] = None) -> torch.Tensor:
@@ -191,7 +204,8 @@ class IMMParametrization(nn.Module):
         needs `labels` and a `null_label`; w = 1 is the conditional output (still two passes' cost).
         """
         t_data, s_data = self._times(x_t, t, s)
-        return self._raw(x_t, t_data, s_data, labels, guidance)
+        g_cond, g_uncond = self._outputs(x_t, t_data, s_data, labels, guidance)
+        return g_cond if g_uncond is None else _guided(g_cond, g_uncond, guidance)
 
     def _times(self, x_t: torch.Tensor, t: TimeLike, s: TimeLike) -> Tuple[torch.Tensor, torch.Tensor]:
         """t and s as float64, broadcastable against x_t (shape (B, 1, ..., 1) or 0-d)."""
@@ -203,25 +217,25 @@ class IMMParametrization(nn.Module):
             raise ValueError("x_t must have a batch dimension, shape (B, ...); got a 0-d tensor")
         return broadcast_to_data(t, x_t, "t"), broadcast_to_data(s, x_t, "s")
 
-    def _raw(self, x_t: torch.Tensor, t_data: torch.Tensor, s_data: torch.Tensor, labels: Optional[torch.Tensor],
-             guidance: Optional[float]) -> torch.Tensor:
+    def _outputs(self, x_t: torch.Tensor, t_data: torch.Tensor, s_data: torch.Tensor,
+                 labels: Optional[torch.Tensor], guidance: Optional[float]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(G(labels), None), or with guidance (G(labels), G(null)) from one network call on 2B samples."""
         if labels is not None:
             self._check_labels(labels, x_t)
-        if guidance is not None:
-            guidance = check_finite_real("guidance", guidance)
-            if labels is None:
-                raise ValueError("labels must be given when guidance is requested: guidance contrasts the "
-                                 "conditional output with the null-label output")
-            if self.null_label is None:
-                raise ValueError("guidance needs the null label: construct IMMParametrization with null_label "
-                                 "set to the index of the unconditional class")
         network_x, c_t, c_s = self._network_inputs(x_t, t_data, s_data)
         if guidance is None:
-            return self._call_network(network_x, c_t, c_s, labels)
+            return self._call_network(network_x, c_t, c_s, labels), None
+        check_finite_real("guidance", guidance)
+        if labels is None:
+            raise ValueError("labels must be given when guidance is requested: guidance contrasts the "
+                             "conditional output with the null-label output")
+        if self.null_label is None:
+            raise ValueError("guidance needs the null label: construct IMMParametrization with null_label "
+                             "set to the index of the unconditional class")
         both = self._call_network(torch.cat([network_x, network_x]), torch.cat([c_t, c_t]), torch.cat([c_s, c_s]),
                                   torch.cat([labels, torch.full_like(labels, self.null_label)]))
         conditional, unconditional = both.chunk(2)
-        return unconditional + guidance * (conditional - unconditional)
+        return conditional, unconditional
 
     def _network_dtype(self, fallback: torch.dtype) -> torch.dtype:
         parameters = self.network.parameters() if isinstance(self.network, nn.Module) else ()
