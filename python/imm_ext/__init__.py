@@ -2,16 +2,17 @@
 
 Pairwise kernels and MMD (`mmd_loss`, `MMDLoss`, `pairwise_kernel`) run on hand-written CPU and CUDA
 kernels; `imm_ext.kernels` exposes the same computations on numpy and CuPy arrays; `imm_ext.method`
-holds the method's schedules, r(s, t) mapping, weighting and parametrisation.
+holds the method (schedules, r(s, t) mapping, weighting, parametrisation, loss, samplers, presets);
+`imm_ext.models` the networks it trains.
 """
 from ._core import build_info
 from .ops import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel
-from . import kernels, method
+from . import kernels, method, models
 from .method import (PRESETS, IMMLoss, IMMParametrization, IMMPreset, IMMSampler, PriorWeighting, RMapping,
                      get_schedule, sampling_times)
 
 __version__ = build_info()["version"]
 
 __all__ = ["IMMLoss", "IMMParametrization", "IMMPreset", "IMMSampler", "MMDLoss", "PRESETS", "PriorWeighting",
-           "RMapping", "build_info", "get_schedule", "kernels", "method", "mmd_loss", "mmd_terms", "pairwise_kernel",
+           "RMapping", "build_info", "get_schedule", "kernels", "method", "models", "mmd_loss", "mmd_terms", "pairwise_kernel",
            "sampling_times", "__version__"]
