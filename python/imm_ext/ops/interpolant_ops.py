@@ -23,13 +23,10 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _core
+from .device import has_kernel, run_kernel
 from .options import SUPPORTED_DTYPES, accumulate_dtype
 
 Tensor = torch.Tensor
-
-
-def _has_kernel(t: Tensor) -> bool:
-    return t.device.type == "cpu" or (t.device.type == "cuda" and _core.WITH_CUDA)
 
 
 def _dtype_code(dtype: torch.dtype) -> int:
@@ -38,14 +35,6 @@ def _dtype_code(dtype: torch.dtype) -> int:
 
 def _per_sample(x: Tensor) -> int:
     return x[0].numel() if x.shape[0] else 0
-
-
-def _run(fn, device: torch.device, *args) -> None:
-    if device.type == "cpu":
-        fn(*args, device="cpu", stream=0, threads=torch.get_num_threads())
-    else:
-        with torch.cuda.device(device):
-            fn(*args, device="cuda", stream=torch.cuda.current_stream(device).cuda_stream, threads=1)
 
 
 def _per_sample_view(c: Tensor, x: Tensor, repeats: int = 1) -> Tensor:
@@ -60,13 +49,13 @@ def _per_sample_view(c: Tensor, x: Tensor, repeats: int = 1) -> Tensor:
 def interpolant_pair_op(x: Tensor, noise: Tensor, coefficients: Tensor, particles: int) -> Tuple[Tensor, Tensor]:
     """(x_t, x_r) in x's dtype; coefficients a float64 (B / particles, 4) table."""
     x, noise, coefficients = x.contiguous(), noise.contiguous(), coefficients.contiguous()
-    if not _has_kernel(x):
+    if not has_kernel(x):
         acc = accumulate_dtype(x.dtype)
         xa, na, c = x.to(acc), noise.to(acc), coefficients.to(acc)
         col = lambda k: _per_sample_view(c[:, k], x, particles)
         return ((col(0) * xa + col(1) * na).to(x.dtype), (col(2) * xa + col(3) * na).to(x.dtype))
     x_t, x_r = torch.empty_like(x), torch.empty_like(x)
-    _run(_core._C.interpolant_pair, x.device, _dtype_code(x.dtype), x.shape[0], _per_sample(x), particles,
+    run_kernel(_core._C.interpolant_pair, x.device, _dtype_code(x.dtype), x.shape[0], _per_sample(x), particles,
          x.data_ptr(), noise.data_ptr(), coefficients.data_ptr(), x_t.data_ptr(), x_r.data_ptr())
     return x_t, x_r
 
@@ -109,7 +98,7 @@ def sampler_step_op(x: Tensor, g_cond: Tensor, g_uncond: Optional[Tensor], c_ski
     """c_skip x + c_out G in x's dtype (inference-only: no autograd)."""
     x, g_cond, c_skip, c_out = x.contiguous(), g_cond.contiguous(), c_skip.contiguous(), c_out.contiguous()
     g_uncond = None if g_uncond is None else g_uncond.contiguous().to(g_cond.dtype)
-    if not _has_kernel(x):
+    if not has_kernel(x):
         acc = accumulate_dtype(x.dtype)
         g = g_cond.to(acc)
         if g_uncond is not None:
@@ -117,7 +106,7 @@ def sampler_step_op(x: Tensor, g_cond: Tensor, g_uncond: Optional[Tensor], c_ski
         out = _per_sample_view(c_skip.to(acc), x) * x.to(acc) + _per_sample_view(c_out.to(acc), x) * g
         return out.to(x.dtype)
     out = torch.empty_like(x)
-    _run(_core._C.sampler_step, x.device, _dtype_code(x.dtype), _dtype_code(g_cond.dtype), x.shape[0],
+    run_kernel(_core._C.sampler_step, x.device, _dtype_code(x.dtype), _dtype_code(g_cond.dtype), x.shape[0],
          _per_sample(x), x.data_ptr(), g_cond.data_ptr(), 0 if g_uncond is None else g_uncond.data_ptr(),
          c_skip.data_ptr(), c_out.data_ptr(), float(guidance), out.data_ptr())
     return out

@@ -17,13 +17,10 @@ import torch
 
 from .. import _core
 from . import reference
+from .device import has_kernel, run_kernel
 from .options import accumulate_dtype
 
 Tensor = torch.Tensor
-
-
-def _has_kernel(t: Tensor) -> bool:
-    return t.device.type == "cpu" or (t.device.type == "cuda" and _core.WITH_CUDA)
 
 
 def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, distance_scale: float,
@@ -38,12 +35,7 @@ def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, dista
     args = (mode, str(rows.dtype).removeprefix("torch."), _core.KERNEL_CODES[kernel], rows.shape[0],
             rows.shape[2], rows.data_ptr(), rows.shape[1], specs, bandwidth.data_ptr(),
             bandwidth.shape[1], distance_scale, eps, out.data_ptr())
-    if rows.device.type == "cpu":
-        _core.launch(*args, device="cpu", threads=torch.get_num_threads())
-    else:
-        with torch.cuda.device(rows.device):
-            stream = torch.cuda.current_stream(rows.device).cuda_stream
-            _core.launch(*args, device="cuda", stream=stream)
+    run_kernel(_core.launch, rows.device, *args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,7 +47,7 @@ def mmd_block_sums(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distanc
     """Per-set sums of the three kernel blocks, (G, 3) in the accumulation dtype."""
     x, y, bandwidth = x.contiguous(), y.contiguous(), bandwidth.contiguous()
     acc = accumulate_dtype(x.dtype)
-    if not _has_kernel(x):
+    if not has_kernel(x):
         blocks = [reference.kernel_matrix(a.to(acc), b.to(acc), bandwidth, kernel, distance_scale, eps)
                   for a, b in ((x, x), (y, y), (x, y))]
         return torch.stack([k.sum((1, 2)) for k in blocks], 1)
@@ -104,7 +96,7 @@ def pairwise_kernel_matrix(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str,
     """(G, N, M) matrix k(x_i, y_j), summed over bandwidths, in the dtype of x."""
     x, y, bandwidth = x.contiguous(), y.contiguous(), bandwidth.contiguous()
     acc = accumulate_dtype(x.dtype)
-    if not _has_kernel(x):
+    if not has_kernel(x):
         return reference.kernel_matrix(x.to(acc), y.to(acc), bandwidth, kernel, distance_scale, eps).to(x.dtype)
     out = torch.empty(x.shape[0], x.shape[1], y.shape[1], dtype=acc, device=x.device)
     _launch(_core.MODE_MATRIX, x, [(y, None)], bandwidth, kernel, distance_scale, eps, out)
@@ -142,7 +134,7 @@ def pair_gradient(rows: Tensor, cols0: Tensor, weight0: Tensor, cols1: Optional[
     sets = [(cols0.contiguous(), weight0)]
     if cols1 is not None:
         sets.append((cols1.contiguous(), weight1))
-    if not _has_kernel(rows):
+    if not has_kernel(rows):
         return _fallback_gradient(rows, sets, bandwidth, kernel, distance_scale, eps)
     out = torch.empty_like(rows)
     _launch(_core.MODE_GRADIENT, rows, sets, bandwidth, kernel, distance_scale, eps, out)
