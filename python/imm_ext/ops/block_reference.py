@@ -1,0 +1,71 @@
+"""Pure-PyTorch references for the timestep-conditioned block ops (architecture.md, family 2).
+
+Same signatures as the compiled ops in imm_ext.ops, plain autograd, computation in the accumulation
+dtype (float64 for float64 inputs, float32 otherwise), result in the inputs' promoted dtype. The
+attention reference materialises the T x T matrix: it is for tests and for devices without a kernel.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from .options import accumulate_dtype
+
+Tensor = torch.Tensor
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """(B, C) per-sample vector as (B, 1, ..., 1, C), broadcasting against x of shape (B, ..., C)."""
+    return v.reshape((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],))
+
+
+def norm_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: str = "layer",
+                            eps: float = 1e-6) -> Tensor:
+    """adaLN modulation (DiT): norm(x) * (1 + scale) + shift over the last dim of x (B, ..., C),
+    with shift, scale of shape (B, C); norm is LayerNorm without affine ("layer") or RMSNorm ("rms")."""
+    out_dtype = torch.promote_types(torch.promote_types(x.dtype, shift.dtype), scale.dtype)
+    acc = accumulate_dtype(out_dtype)
+    xa = x.to(acc)
+    if norm == "layer":
+        normed = torch.nn.functional.layer_norm(xa, (x.shape[-1],), eps=eps)
+    else:
+        normed = xa * torch.rsqrt(xa.square().mean(-1, keepdim=True) + eps)
+    return (normed * (1 + _per_sample(scale.to(acc), x)) + _per_sample(shift.to(acc), x)).to(out_dtype)
+
+
+def gate_residual_reference(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    """x + gate * y with x, y of shape (B, ..., C) and a per-sample gate (B, C) (adaLN-Zero's alpha)."""
+    out_dtype = torch.promote_types(torch.promote_types(x.dtype, gate.dtype), y.dtype)
+    acc = accumulate_dtype(out_dtype)
+    return (x.to(acc) + _per_sample(gate.to(acc), x) * y.to(acc)).to(out_dtype)
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None) -> Tensor:
+    """softmax(q k^T * scale) v for q (B, H, Tq, Dh), k and v (B, H, Tk, Dh); scale defaults to
+    1 / sqrt(Dh)."""
+    out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    acc = accumulate_dtype(out_dtype)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    weights = torch.softmax((q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale, dim=-1)
+    return (weights @ v.to(acc)).to(out_dtype)
+
+
+def timestep_embedding_pair_reference(c_t: Tensor, c_s: Tensor, dim: int, max_period: float = 10_000.0,
+                                      dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor]:
+    """Sinusoidal embeddings of both time inputs (imm-method.md §2.3): [cos(c f_k), sin(c f_k)] with
+    f_k = max_period^(-k / half), k < half = dim // 2, arguments c f_k in float64; odd dim gets a zero
+    column. Returns (embedding of c_t, embedding of c_s), each (B, dim) in `dtype`."""
+    half = dim // 2
+    k = torch.arange(half, dtype=torch.float64, device=c_t.device)
+    frequencies = torch.exp(-math.log(max_period) * k / half)
+
+    def embed(c: Tensor) -> Tensor:
+        arguments = c.to(torch.float64)[:, None] * frequencies[None]
+        parts = [torch.cos(arguments), torch.sin(arguments)]
+        if dim % 2:
+            parts.append(torch.zeros_like(arguments[:, :1]))
+        return torch.cat(parts, dim=1).to(dtype)
+
+    return embed(c_t), embed(c_s)
