@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import pickle
 import zipfile
 
 import numpy as np
@@ -139,7 +140,6 @@ def test_edm_style_zip_with_labels(tmp_path):
     assert len(data) == 3 and data.num_classes == 3
     x, label = check_items(data, (3, 5, 6))
     assert label == 2 and torch.allclose(x, as_unit(pictures[0]), atol=1e-6)
-    import pickle
     assert torch.equal(pickle.loads(pickle.dumps(data))[1][0], data[1][0])  # DataLoader workers reopen it
     unlabelled = tmp_path / "plain.zip"
     with zipfile.ZipFile(unlabelled, "w") as archive:

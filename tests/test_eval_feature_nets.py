@@ -103,8 +103,8 @@ def test_image_metrics_rank_corrupted_digits_below_real_ones():
 
 @needs_fashion
 def test_image_metrics_rank_corrupted_fashion_below_real_ones():
-    real = load_dataset("fashion-mnist", split="test").tensors()[0][:1600]
-    generated, labels = (t[:800] for t in load_dataset("fashion-mnist", split="train").tensors())
+    images, labels = load_dataset("fashion-mnist", split="test").tensors()
+    real, generated, labels = images[800:2400], images[:800], labels[:800]  # disjoint held-out images
     net = load_feature_net("fashion-mnist")
     results = {name: image_metrics(images, real, net, kid_subsets=10)
                for name, images in corruptions(generated, labels).items()}

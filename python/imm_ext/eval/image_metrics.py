@@ -70,5 +70,6 @@ def image_metrics(generated: torch.Tensor, real: torch.Tensor, feature_net: Unio
     fake = extract_features(generated[pick], net, batch_size)
     floor = extract_features(real[half_a[:size]], net, batch_size)
     reference = extract_features(real[half_b], net, batch_size)
-    return {**_metrics(fake, reference, k, seed, kid_subsets), "real_vs_real": _metrics(floor, reference, k, seed, kid_subsets),
+    return {**_metrics(fake, reference, k, seed, kid_subsets),
+            "real_vs_real": _metrics(floor, reference, k, seed, kid_subsets),
             "n_compared": size, "n_reference": len(half_b)}
