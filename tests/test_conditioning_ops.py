@@ -258,6 +258,26 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(g, w)
 
 
+def test_custom_op_route_matches_eager_route():
+    """The custom ops (the route under torch.compile), called eagerly, give the autograd.Function
+    route's values and gradients bit for bit: the same kernels and gradient rules behind both."""
+    ops = conditioning_ops
+    inputs = (*_norm_inputs((2, 40, 8), torch.float32, 43), _data((2, 8), torch.float32, 44), _times(2, 45))
+    cotangent = torch.tensor(1.0)
+
+    def through_ops(x, shift, scale, gate, c):
+        h = ops.norm_modulate_op(x, shift, scale, True, 1e-6)[0]
+        return (ops.gate_residual_op(x, gate, h) * ops.timestep_embedding_op(c, 8, 1e4, torch.float32)[:, None]).sum()
+
+    def through_functions(x, shift, scale, gate, c):
+        h = norm_modulate(x, shift, scale, norm="rms")
+        return (gate_residual(x, gate, h) * timestep_embedding(c, 8, 1e4)[:, None]).sum()
+
+    got, got_grads = _value_and_grads(through_ops, inputs, cotangent)
+    want, want_grads = _value_and_grads(through_functions, inputs, cotangent)
+    assert torch.equal(got, want) and all(torch.equal(g, w) for g, w in zip(got_grads, want_grads))
+
+
 def test_fallback_path_matches_kernels(monkeypatch):
     inputs = (*_norm_inputs((2, 40, 8), torch.float32, 36), _data((2, 8), torch.float32, 37), _times(2, 38),
               _times(2, 39))
