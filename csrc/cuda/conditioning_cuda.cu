@@ -7,7 +7,7 @@
 //    registers into the chunk's partials. A second kernel sums the partials in chunk order: the
 //    per-sample gradients are deterministic (no atomics).
 //  * gate + residual forward: a grid-stride elementwise loop.
-//  * time embedding: one thread per output element (forward), a warp per row (backward), float64.
+//  * time embedding: a thread per (row, frequency) (forward), a warp per row (backward), float64.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -226,19 +226,23 @@ __global__ void gate_residual_backward_kernel(ConditioningShape shape, int64_t c
 
 // ---- sinusoidal time embedding --------------------------------------------------------------
 
+// A thread per (row, frequency): both cos and sin; an odd dim's zero column gets the extra index.
 template <class Out>
 __global__ void timestep_embedding_forward_kernel(int64_t rows, int64_t dim, double log_max_period,
                                                   const double* __restrict__ c, Out* __restrict__ out) {
+  const int64_t half = dim / 2, per_row = half + dim % 2;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * dim) return;
-  const int64_t n = i / dim, j = i % dim, half = dim / 2;
-  double value = 0.0;  // the zero column of an odd dim
-  if (j < 2 * half) {
-    const int64_t k = j < half ? j : j - half;
-    const double argument = __ldg(c + n) * embedding_frequency(k, half, log_max_period);
-    value = j < half ? ::cos(argument) : ::sin(argument);
+  if (i >= rows * per_row) return;
+  const int64_t n = i / per_row, k = i % per_row;
+  Out* row = out + n * dim;
+  if (k == half) {
+    store(row, dim - 1, acc_t<Out>(0));
+    return;
   }
-  store(out, i, static_cast<acc_t<Out>>(value));
+  double sin_value, cos_value;
+  embedding_sin_cos(__ldg(c + n), embedding_frequency(k, half, log_max_period), &sin_value, &cos_value);
+  store(row, k, static_cast<acc_t<Out>>(cos_value));
+  store(row, half + k, static_cast<acc_t<Out>>(sin_value));
 }
 
 template <class G>
@@ -251,9 +255,12 @@ __global__ void timestep_embedding_backward_kernel(int64_t rows, int64_t dim, do
   const int64_t half = dim / 2;
   const G* row = grad + n * dim;
   double total = 0.0;
-  for (int64_t k = lane; k < half; k += kWarp)
-    total += embedding_argument_grad(c[n], embedding_frequency(k, half, log_max_period),
-                                     static_cast<double>(load(row, k)), static_cast<double>(load(row, half + k)));
+  for (int64_t k = lane; k < half; k += kWarp) {
+    const double frequency = embedding_frequency(k, half, log_max_period);
+    double sin_value, cos_value;
+    embedding_sin_cos(c[n], frequency, &sin_value, &cos_value);
+    total += embedding_argument_grad(frequency, sin_value, cos_value, load(row, k), load(row, half + k));
+  }
   total = warp_sum(total);
   if (lane == 0) grad_c[n] = total;
 }
@@ -335,7 +342,8 @@ void timestep_embedding_forward(DType out_dtype, int64_t rows, int64_t dim, doub
   if (rows == 0 || dim == 0) return;
   dispatch_dtype(out_dtype, [&](auto tag) {
     using Out = decltype(tag);
-    timestep_embedding_forward_kernel<Out><<<blocks_of(rows * dim, kThreads), kThreads, 0, as_stream(stream)>>>(
+    const int64_t threads = rows * (dim / 2 + dim % 2);
+    timestep_embedding_forward_kernel<Out><<<blocks_of(threads, kThreads), kThreads, 0, as_stream(stream)>>>(
         rows, dim, log_max_period, c, static_cast<Out*>(out));
   });
   check_launch("timestep_embedding_forward");
