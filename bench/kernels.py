@@ -1,5 +1,6 @@
-"""Benchmark of `imm_ext.mmd_loss` against PyTorch and GeomLoss/KeOps formulations of the same MMD.
+"""Benchmark of the compiled kernels against the strongest baselines we can run, in two sections.
 
+Section "mmd": `imm_ext.mmd_loss` against PyTorch and GeomLoss/KeOps formulations of the same MMD.
 For each case (IMM's per-group MMD on pixel and latent shapes, and large point sets) and each method
 it measures, for the forward (under torch.no_grad) and for forward + backward (loss.backward() from
 fresh leaf tensors, gradients reset between calls):
@@ -16,12 +17,19 @@ scalar blur, so IMM's per-group bandwidths cannot be expressed). IMM cases add a
 the memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run.
 Methods that need too much memory are skipped with a note. In sets-100k each method is first timed
 at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is
-skipped. A method that fails is reported with its error and the run goes on. Results are printed
-as markdown tables and written as JSON (with the machine description and load average) to
-bench/results/kernels-<device>[-quick]-<timestamp>.json.
+skipped. A method that fails is reported with its error and the run goes on.
 
-    python bench/kernels.py [--device cpu|cuda] [--quick] [--cases imm-pixel,sets-d3]
-        [--out PATH] [--max-call-s 120]
+Section "conditioning": the DiT block's fused conditioning ops (`imm_ext.ops.norm_modulate`,
+`gate_residual`, `timestep_embedding_pair`) on DiT-S/2 and DiT-XL/2 token shapes (float32), measured
+the same way (forward + backward: torch.autograd.backward of the outputs with fixed cotangents),
+against eager PyTorch as DiT writes it (F.layer_norm(x) * (1 + scale[:, None]) + shift[:, None];
+x + gate[:, None] * y; the reference embeddings of imm_ext.ops) and torch.compile of the same.
+
+Results are printed as markdown tables and written as JSON (with the machine description and load
+average) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
+
+    python bench/kernels.py [--device cpu|cuda] [--quick] [--section all|mmd|conditioning]
+        [--cases imm-pixel,sets-d3,dit-s2] [--out PATH] [--max-call-s 120]
 
 --quick: fewer repetitions and no sets-100k case (about 2-3 minutes on an idle 2-core CPU; the full
 run takes about 10-15 minutes there, most of it in sets-100k).
@@ -44,9 +52,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 import imm_ext
-from imm_ext.ops import mmd_loss_reference
+from imm_ext.ops import mmd_loss_reference, timestep_embedding_pair_reference
 
 try:
     import geomloss
@@ -122,7 +131,7 @@ class Measurement:
     reps: int
     warmup_s: Optional[float]  # the untimed warm-up call; None where a probe did the warm-up
     peak_extra_mb: float
-    loss: float
+    loss: Optional[float]  # the value of a scalar output (the MMD cases), else None
 
 
 @dataclass
@@ -275,15 +284,19 @@ def release_free_memory() -> None:
         pass
 
 
-def memory_call(fn: Callable[[], torch.Tensor], device: str) -> tuple:
-    """One untimed call: (peak extra MB during it, the loss it returned)."""
+def scalar_value(out) -> Optional[float]:
+    return float(out.detach()) if isinstance(out, torch.Tensor) and out.numel() == 1 else None
+
+
+def memory_call(fn: Callable[[], object], device: str) -> tuple:
+    """One untimed call: (peak extra MB during it, its output's value if a scalar, else None)."""
     if device == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         out = fn()
         synchronize(device)
-        return (torch.cuda.max_memory_allocated() - before) / 2**20, float(out.detach())
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, scalar_value(out)
     release_free_memory()
     before = peak = rss_bytes()
     done = threading.Event()
@@ -300,7 +313,7 @@ def memory_call(fn: Callable[[], torch.Tensor], device: str) -> tuple:
     finally:
         done.set()
         sampler.join()
-    return (max(peak, rss_bytes()) - before) / 2**20, float(out.detach())
+    return (max(peak, rss_bytes()) - before) / 2**20, scalar_value(out)
 
 
 def workload(loss: Loss, x, y, mode: str):
@@ -321,11 +334,11 @@ def workload(loss: Loss, x, y, mode: str):
     return call, reset
 
 
-def measure(loss: Loss, x, y, mode: str, device: str, timing: Timing, warm_up: bool) -> Measurement:
+def measure(call: Callable[[], object], reset: Callable[[], None], device: str, timing: Timing,
+            warm_up: bool) -> Measurement:
     """warm_up: first make one untimed call, so that neither the memory call nor the timed calls
     include one-time work: compilation (torch.compile, KeOps) and lazy imports (the first call of
     a torch.library custom op imports torch._dynamo: ~70 MB of Python objects)."""
-    call, reset = workload(loss, x, y, mode)
     warmup_s = None
     if warm_up:
         reset()
@@ -367,16 +380,19 @@ def run_method(method: str, case: Case, device: str, timing: Timing, max_call_s:
     for mode in ("forward", "forward_backward"):
         try:
             warm_up = not case.probe_n  # a probe has already warmed the method up
-            setattr(result, mode, measure(loss, x, y, mode, device, timing, warm_up))
+            setattr(result, mode, measure(*workload(loss, x, y, mode), device, timing, warm_up))
         except Exception as error:  # noqa: BLE001
             result.notes.append(f"{mode}: {error_note(error)}")
     if method in COMPILING_METHODS:
-        measured = (result.forward, result.forward_backward)
-        firsts = [f"{m.warmup_s:.1f} s" for m in measured if m and m.warmup_s]
-        if firsts:
-            result.notes.append(f"first call fwd / fwd+bwd {' / '.join(firsts)} "
-                                "(not timed; includes any compilation)")
+        note_first_calls(result)
     return result
+
+
+def note_first_calls(result: MethodResult) -> None:
+    measured = (result.forward, result.forward_backward)
+    firsts = [f"{m.warmup_s:.1f} s" for m in measured if m and m.warmup_s]
+    if firsts:
+        result.notes.append(f"first call fwd / fwd+bwd {' / '.join(firsts)} (not timed; includes any compilation)")
 
 
 def error_note(error: Exception) -> str:
@@ -411,6 +427,103 @@ def copy_limit(case: Case, device: str, timing: Timing) -> dict:
     return dict(copy_ms=copy_ms, bandwidth_gb_s=bandwidth / 1e9,
                 forward_ms=(bytes_x + bytes_y) / bandwidth * 1e3,
                 forward_backward_ms=(2 * (bytes_x + bytes_y) + bytes_x) / bandwidth * 1e3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning section: the DiT block's fused ops
+
+@dataclass(frozen=True)
+class ConditioningCase:
+    key: str
+    title: str
+    shape: tuple  # x (B, T, C)
+
+
+CONDITIONING_CASES = (
+    ConditioningCase("dit-s2", "DiT-S/2 block: x (8, 256, 384) float32", (8, 256, 384)),
+    ConditioningCase("dit-xl2", "DiT-XL/2 width: x (32, 256, 1152) float32", (32, 256, 1152)),
+)
+CONDITIONING_OPS = ("norm_modulate", "gate_residual", "timestep_embedding_pair")
+CONDITIONING_METHODS = ("imm_ext", "eager", "compile")
+EMBEDDING_DIM = 256  # DiT's frequency embedding size
+
+
+def eager_norm_modulate(x, shift, scale):
+    return F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def eager_gate_residual(x, gate, y):
+    return x + gate[:, None] * y
+
+
+def conditioning_problem(op: str, case: ConditioningCase, device: str):
+    """Seeded inputs (fresh leaves), cotangents of the outputs, and the eager and fused callables."""
+    torch.manual_seed(0)
+    b, t, c = case.shape
+    leaf = lambda *shape: torch.randn(shape, device=device).requires_grad_()
+    if op == "norm_modulate":
+        return ((leaf(b, t, c), leaf(b, c), leaf(b, c)), (torch.randn(b, t, c, device=device),),
+                eager_norm_modulate, imm_ext.ops.norm_modulate)
+    if op == "gate_residual":
+        return ((leaf(b, t, c), leaf(b, c), leaf(b, t, c)), (torch.randn(b, t, c, device=device),),
+                eager_gate_residual, imm_ext.ops.gate_residual)
+    times = (1000 * torch.rand(b, device=device, dtype=torch.float64)).requires_grad_()
+    return ((times, times.detach().clone().requires_grad_()),
+            tuple(torch.randn(b, EMBEDDING_DIM, device=device) for _ in range(2)),
+            lambda c_t, c_s: timestep_embedding_pair_reference(c_t, c_s, EMBEDDING_DIM),
+            lambda c_t, c_s: imm_ext.ops.timestep_embedding_pair(c_t, c_s, EMBEDDING_DIM))
+
+
+def conditioning_workload(fn, inputs, cotangents, mode: str):
+    """(call, reset) for one mode: forward under no_grad, or forward + backward of every output."""
+    if mode == "forward":
+        def call():
+            with torch.no_grad():
+                return fn(*inputs)
+        return call, lambda: None
+
+    def reset():
+        for t in inputs:
+            t.grad = None
+
+    def call():
+        out = fn(*inputs)
+        torch.autograd.backward(out if isinstance(out, tuple) else (out,), cotangents)
+        return out
+    return call, reset
+
+
+def outputs_differ(fn, reference, inputs) -> Optional[str]:
+    """A note when fn's forward outputs differ from reference's beyond float32 rounding."""
+    with torch.no_grad():
+        got, want = fn(*inputs), reference(*inputs)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    error = max(float((a.double() - b.double()).abs().max()) for a, b in zip(got, want))
+    return f"max |difference| from imm_ext {error:.2g}" if error > 1e-4 else None
+
+
+def run_conditioning(op: str, case: ConditioningCase, device: str, timing: Timing) -> list:
+    inputs, cotangents, eager, fused = conditioning_problem(op, case, device)
+    torch._dynamo.reset()
+    methods = {"imm_ext": fused, "eager": eager, "compile": torch.compile(eager, dynamic=False)}
+    results = []
+    for method in CONDITIONING_METHODS:
+        result = MethodResult(method)
+        fn = methods[method]
+        for mode in ("forward", "forward_backward"):
+            try:
+                call, reset = conditioning_workload(fn, inputs, cotangents, mode)
+                setattr(result, mode, measure(call, reset, device, timing, warm_up=True))
+            except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
+                result.notes.append(f"{mode}: {error_note(error)}")
+        if method != "imm_ext" and result.forward:
+            note = outputs_differ(fn, fused, inputs)
+            if note:
+                result.notes.append(note)
+        if method in COMPILING_METHODS:
+            note_first_calls(result)
+        results.append(result)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +578,24 @@ def format_table(case: Case, results: list, limit: Optional[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_conditioning_table(case: ConditioningCase, per_op: dict) -> str:
+    header = ("| op | method | fwd ms | fwd ratio | fwd peak extra MB | fwd+bwd ms | fwd+bwd ratio "
+              "| fwd+bwd peak extra MB | notes |")
+    lines = [f"### {case.title}", "", header, "|" + "---|" * 9]
+    for op, results in per_op.items():
+        imm = next((r for r in results if r.method == "imm_ext"), None)
+        bests = {mode: best_baseline(results, mode) for mode in ("forward", "forward_backward")}
+        for result in results:
+            cells = [op, result.method]
+            for mode in ("forward", "forward_backward"):
+                cells += mode_cells(result, mode, getattr(imm, mode) if imm else None, bests[mode])
+            lines.append("| " + " | ".join(cells + ["; ".join(result.notes)]) + " |")
+    lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
+              "time / best baseline (* = best baseline). eager = PyTorch as DiT writes it; compile = "
+              "torch.compile of eager. fwd+bwd: backward of every output with fixed cotangents."]
+    return "\n".join(lines)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
@@ -516,7 +647,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no sets-100k")
-    parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(c.key for c in CASES))
+    parser.add_argument("--section", choices=("all", "mmd", "conditioning"), default="all",
+                        help="mmd: imm_ext.mmd_loss; conditioning: the DiT block's fused ops (default: both)")
+    parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(
+        c.key for c in CASES + CONDITIONING_CASES))
     parser.add_argument("--out", type=Path,
                         help="JSON path (default bench/results/kernels-<device>[-quick]-<time>.json)")
     parser.add_argument("--max-call-s", type=float, default=120.0,
@@ -526,7 +660,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "--device cuda: no CUDA GPU is available to torch "
                        "(torch.cuda.is_available() is False)\n")
-    keys = [c.key for c in CASES]
+    keys = [c.key for c in CASES + CONDITIONING_CASES]
     args.case_keys = args.cases.split(",") if args.cases else keys
     unknown = set(args.case_keys) - set(keys)
     if unknown:
@@ -540,9 +674,9 @@ def main(argv=None) -> None:
     info = machine_info(args.device)
     print(machine_line(info), flush=True)
     report = dict(machine=info, quick=args.quick, started=datetime.now().isoformat(timespec="seconds"),
-                  cases=[])
+                  cases=[], conditioning=[])
     for case in CASES:
-        if case.key not in args.case_keys:
+        if args.section == "conditioning" or case.key not in args.case_keys:
             continue
         if args.quick and case.full_only:
             print(f"\n### {case.title}: skipped under --quick", flush=True)
@@ -555,6 +689,16 @@ def main(argv=None) -> None:
                                     best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
                                                    for mode in ("forward", "forward_backward")},
                                     results=[asdict(r) for r in results]))
+    for case in CONDITIONING_CASES:
+        if args.section == "mmd" or case.key not in args.case_keys:
+            continue
+        per_op = {op: run_conditioning(op, case, args.device, timing) for op in CONDITIONING_OPS}
+        print("\n" + format_conditioning_table(case, per_op), flush=True)
+        report["conditioning"].append(dict(
+            key=case.key, title=case.title, shape=case.shape,
+            ops=[dict(op=op, best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
+                                            for mode in ("forward", "forward_backward")},
+                      results=[asdict(r) for r in results]) for op, results in per_op.items()]))
     report["load_average_at_end"] = load_average()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or RESULTS_DIR / f"kernels-{args.device}{'-quick' if args.quick else ''}-{stamp}.json"

@@ -1,6 +1,7 @@
-// The pybind11 module imm_ext._C: turns Python integers (pointers, sizes, enum codes) into a
-// PairTask and hands it to the CPU or CUDA kernels. No arithmetic and no validation beyond what
-// keeps the process alive: the Python layer checks arguments and owns every buffer.
+// The pybind11 module imm_ext._C: turns Python integers (pointers, sizes, enum codes) into kernel
+// arguments (a PairTask, a ConditioningShape, ...) and hands them to the CPU or CUDA kernels. No
+// arithmetic and no validation beyond what keeps the process alive: the Python layer checks
+// arguments and owns every buffer.
 #include <omp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,9 +13,11 @@
 #include <vector>
 
 #include "common/pair_task.h"
+#include "cpu/conditioning_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_WITH_CUDA)
+#include "cuda/conditioning_cuda.h"
 #include "cuda/interpolant_cuda.h"
 #include "cuda/pairwise_cuda.h"
 #endif
@@ -134,6 +137,153 @@ void sampler_step(int state_dtype, int g_dtype, int64_t batch, int64_t per_sampl
   (void)stream;
 }
 
+// ---- conditioning ops (csrc/common/conditioning.h) --------------------------------------------
+
+const imm::cpu::ConditioningKernels& cpu_kernels() { return imm::cpu::conditioning_kernels(); }
+const void* in_ptr(std::uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* out_ptr(std::uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+imm::DType dtype_of(int code, const char* name) {
+  if (code < 0 || code > 3) throw std::invalid_argument(std::string(name) + ": dtype code out of range");
+  return static_cast<imm::DType>(code);
+}
+
+imm::ConditioningShape conditioning_shape(int64_t batch, int64_t tokens, int64_t channels, const char* name) {
+  if (batch < 0 || tokens < 0 || channels < 0) throw std::invalid_argument(std::string(name) + ": bad sizes");
+  return imm::ConditioningShape{batch, tokens, channels};
+}
+
+void check_chunk_tokens(int64_t chunk_tokens, const char* name) {
+  if (chunk_tokens < 1 || chunk_tokens > imm::kMaxChunkTokens)
+    throw std::invalid_argument(std::string(name) + ": chunk_tokens must be in [1, " +
+                                std::to_string(imm::kMaxChunkTokens) + "]");
+}
+
+void norm_modulate_forward(int dtype, int64_t batch, int64_t tokens, int64_t channels, bool rms, double eps,
+                           std::uintptr_t x, std::uintptr_t shift, std::uintptr_t scale, std::uintptr_t out,
+                           std::uintptr_t stats, const std::string& device, std::uintptr_t stream, int threads) {
+  const char* name = "norm_modulate_forward";
+  const auto dt = dtype_of(dtype, name);
+  const auto shape = conditioning_shape(batch, tokens, channels, name);
+  check_device(device, name);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cpu_kernels().norm_modulate_forward(dt, shape, rms, eps, in_ptr(x), in_ptr(shift), in_ptr(scale), out_ptr(out),
+                                        out_ptr(stats), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::norm_modulate_forward(dt, shape, rms, eps, in_ptr(x), in_ptr(shift), in_ptr(scale), out_ptr(out),
+                                     out_ptr(stats), stream);
+#endif
+  }
+  (void)stream;
+}
+
+void norm_modulate_backward(int dtype, int64_t batch, int64_t tokens, int64_t channels, int64_t chunk_tokens,
+                            bool rms, std::uintptr_t grad, std::uintptr_t x, std::uintptr_t stats,
+                            std::uintptr_t scale, std::uintptr_t grad_x, std::uintptr_t partials,
+                            std::uintptr_t grad_shift, std::uintptr_t grad_scale, const std::string& device,
+                            std::uintptr_t stream, int threads) {
+  const char* name = "norm_modulate_backward";
+  const auto dt = dtype_of(dtype, name);
+  const auto shape = conditioning_shape(batch, tokens, channels, name);
+  check_chunk_tokens(chunk_tokens, name);
+  check_device(device, name);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cpu_kernels().norm_modulate_backward(dt, shape, chunk_tokens, rms, in_ptr(grad), in_ptr(x), in_ptr(stats),
+                                         in_ptr(scale), out_ptr(grad_x), out_ptr(partials), out_ptr(grad_shift),
+                                         out_ptr(grad_scale), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::norm_modulate_backward(dt, shape, chunk_tokens, rms, in_ptr(grad), in_ptr(x), in_ptr(stats),
+                                      in_ptr(scale), out_ptr(grad_x), out_ptr(partials), out_ptr(grad_shift),
+                                      out_ptr(grad_scale), stream);
+#endif
+  }
+  (void)stream;
+}
+
+void gate_residual_forward(int dtype, int64_t batch, int64_t tokens, int64_t channels, std::uintptr_t x,
+                           std::uintptr_t gate, std::uintptr_t y, std::uintptr_t out, const std::string& device,
+                           std::uintptr_t stream, int threads) {
+  const char* name = "gate_residual_forward";
+  const auto dt = dtype_of(dtype, name);
+  const auto shape = conditioning_shape(batch, tokens, channels, name);
+  check_device(device, name);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cpu_kernels().gate_residual_forward(dt, shape, in_ptr(x), in_ptr(gate), in_ptr(y), out_ptr(out), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::gate_residual_forward(dt, shape, in_ptr(x), in_ptr(gate), in_ptr(y), out_ptr(out), stream);
+#endif
+  }
+  (void)stream;
+}
+
+void gate_residual_backward(int dtype, int64_t batch, int64_t tokens, int64_t channels, int64_t chunk_tokens,
+                            std::uintptr_t grad, std::uintptr_t gate, std::uintptr_t y, std::uintptr_t grad_y,
+                            std::uintptr_t partials, std::uintptr_t grad_gate, const std::string& device,
+                            std::uintptr_t stream, int threads) {
+  const char* name = "gate_residual_backward";
+  const auto dt = dtype_of(dtype, name);
+  const auto shape = conditioning_shape(batch, tokens, channels, name);
+  check_chunk_tokens(chunk_tokens, name);
+  check_device(device, name);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cpu_kernels().gate_residual_backward(dt, shape, chunk_tokens, in_ptr(grad), in_ptr(gate), in_ptr(y),
+                                         out_ptr(grad_y), out_ptr(partials), out_ptr(grad_gate), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::gate_residual_backward(dt, shape, chunk_tokens, in_ptr(grad), in_ptr(gate), in_ptr(y),
+                                      out_ptr(grad_y), out_ptr(partials), out_ptr(grad_gate), stream);
+#endif
+  }
+  (void)stream;
+}
+
+void timestep_embedding_forward(int out_dtype, int64_t rows, int64_t dim, double log_max_period, std::uintptr_t c,
+                                std::uintptr_t out, const std::string& device, std::uintptr_t stream,
+                                int threads) {
+  const char* name = "timestep_embedding_forward";
+  const auto dt = dtype_of(out_dtype, name);
+  if (rows < 0 || dim < 1) throw std::invalid_argument(std::string(name) + ": bad sizes");
+  check_device(device, name);
+  const auto* times = reinterpret_cast<const double*>(c);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cpu_kernels().timestep_embedding_forward(dt, rows, dim, log_max_period, times, out_ptr(out), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::timestep_embedding_forward(dt, rows, dim, log_max_period, times, out_ptr(out), stream);
+#endif
+  }
+  (void)stream;
+}
+
+void timestep_embedding_backward(int grad_dtype, int64_t rows, int64_t dim, double log_max_period,
+                                 std::uintptr_t c, std::uintptr_t grad, std::uintptr_t grad_c,
+                                 const std::string& device, std::uintptr_t stream, int threads) {
+  const char* name = "timestep_embedding_backward";
+  const auto dt = dtype_of(grad_dtype, name);
+  if (rows < 0 || dim < 1) throw std::invalid_argument(std::string(name) + ": bad sizes");
+  check_device(device, name);
+  const auto* times = reinterpret_cast<const double*>(c);
+  auto* grad_times = reinterpret_cast<double*>(grad_c);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cpu_kernels().timestep_embedding_backward(dt, rows, dim, log_max_period, times, in_ptr(grad), grad_times,
+                                              threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::timestep_embedding_backward(dt, rows, dim, log_max_period, times, in_ptr(grad), grad_times, stream);
+#endif
+  }
+  (void)stream;
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = IMM_EXT_VERSION;
@@ -161,7 +311,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "imm_ext compiled core: pairwise kernels on raw pointers (CPU and CUDA)";
+  m.doc() = "imm_ext compiled core: pairwise, interpolant and conditioning kernels on raw pointers (CPU and CUDA)";
   m.def("pair_task", &pair_task, "Run one PairTask (see csrc/common/pair_task.h)", py::arg("mode"),
         py::arg("dtype"), py::arg("kind"), py::arg("groups"), py::arg("dim"), py::arg("rows"),
         py::arg("n_rows"), py::arg("sets"), py::arg("bandwidth"), py::arg("num_bandwidths"),
@@ -175,6 +325,32 @@ PYBIND11_MODULE(_C, m) {
         py::arg("state_dtype"), py::arg("g_dtype"), py::arg("batch"), py::arg("per_sample"), py::arg("x"),
         py::arg("g_cond"), py::arg("g_uncond"), py::arg("c_skip"), py::arg("c_out"), py::arg("guidance"),
         py::arg("out"), py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("norm_modulate_forward", &norm_modulate_forward,
+        "out = norm(x) * (1 + scale) + shift and row stats (csrc/common/conditioning.h)", py::arg("dtype"),
+        py::arg("batch"), py::arg("tokens"), py::arg("channels"), py::arg("rms"), py::arg("eps"), py::arg("x"),
+        py::arg("shift"), py::arg("scale"), py::arg("out"), py::arg("stats"), py::arg("device"), py::arg("stream"),
+        py::arg("threads"));
+  m.def("norm_modulate_backward", &norm_modulate_backward,
+        "grad_x, grad_shift, grad_scale of norm + modulate (csrc/common/conditioning.h)", py::arg("dtype"),
+        py::arg("batch"), py::arg("tokens"), py::arg("channels"), py::arg("chunk_tokens"), py::arg("rms"),
+        py::arg("grad"), py::arg("x"), py::arg("stats"), py::arg("scale"), py::arg("grad_x"), py::arg("partials"),
+        py::arg("grad_shift"), py::arg("grad_scale"), py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("gate_residual_forward", &gate_residual_forward, "out = x + gate * y (csrc/common/conditioning.h)",
+        py::arg("dtype"), py::arg("batch"), py::arg("tokens"), py::arg("channels"), py::arg("x"), py::arg("gate"),
+        py::arg("y"), py::arg("out"), py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("gate_residual_backward", &gate_residual_backward,
+        "grad_y and grad_gate of gate + residual (csrc/common/conditioning.h)", py::arg("dtype"), py::arg("batch"),
+        py::arg("tokens"), py::arg("channels"), py::arg("chunk_tokens"), py::arg("grad"), py::arg("gate"),
+        py::arg("y"), py::arg("grad_y"), py::arg("partials"), py::arg("grad_gate"), py::arg("device"),
+        py::arg("stream"), py::arg("threads"));
+  m.def("timestep_embedding_forward", &timestep_embedding_forward,
+        "sinusoidal embedding of float64 times (csrc/common/conditioning.h)", py::arg("out_dtype"),
+        py::arg("rows"), py::arg("dim"), py::arg("log_max_period"), py::arg("c"), py::arg("out"),
+        py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("timestep_embedding_backward", &timestep_embedding_backward,
+        "d loss / d c of the sinusoidal embedding (csrc/common/conditioning.h)", py::arg("grad_dtype"),
+        py::arg("rows"), py::arg("dim"), py::arg("log_max_period"), py::arg("c"), py::arg("grad"),
+        py::arg("grad_c"), py::arg("device"), py::arg("stream"), py::arg("threads"));
   m.def("build_info", &build_info, "How this module was built");
 #if defined(IMM_EXT_WITH_CUDA)
   m.attr("with_cuda") = true;

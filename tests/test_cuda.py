@@ -90,3 +90,101 @@ def test_cuda_non_default_stream_and_device_guard():
         got = imm_ext.mmd_loss(x, y)
     stream.synchronize()
     torch.testing.assert_close(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning ops (norm + modulate, gate + residual, time embeddings): CUDA against CPU.
+
+COND_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# CPU and CUDA sum in different orders, then each rounds once to the dtype: one step apart at most
+# (bfloat16: 2^-7 relative); grad_x is compared at the scale of rstd (it may cancel to ~0).
+COND_TOLERANCE = {**TOLERANCE, torch.bfloat16: dict(rtol=8e-3, atol=1e-4)}
+
+
+def _cond_data(shape, dtype, seed, mean=0.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (mean + torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+
+
+def _value_and_grads_on(device, fn, inputs, cotangent):
+    leaves = [t.detach().to(device).requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    cotangents = cotangent if isinstance(cotangent, tuple) else (cotangent,)
+    grads = torch.autograd.grad(outs, leaves, [c.to(device) for c in cotangents])
+    return [t.detach().cpu() for t in (*outs, *grads)]
+
+
+@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("shape,mean", [((1, 1, 1), 0.0), ((3, 70, 33), 0.0), ((2, 5, 7, 1152), 0.0),
+                                        ((4, 256, 384), 0.0), ((2, 17), 0.0), ((2, 40, 384), 1e3)])
+def test_norm_modulate_cuda_matches_cpu(dtype, norm, shape, mean):
+    b, c = shape[0], shape[-1]
+    inputs = (_cond_data(shape, dtype, 1, mean), _cond_data((b, c), dtype, 2), _cond_data((b, c), dtype, 3))
+    cotangent = _cond_data(shape, dtype, 4)
+    fn = lambda *a: imm_ext.ops.norm_modulate(*a, norm=norm)
+    cpu = _value_and_grads_on("cpu", fn, inputs, cotangent)
+    gpu = _value_and_grads_on("cuda", fn, inputs, cotangent)
+    tol = COND_TOLERANCE[dtype]
+    rstd_scale = 1000.0 if c == 1 else 10.0  # eps = 1e-6 on a one-channel row: rstd = 1000
+    for i, (g, w) in enumerate(zip(gpu, cpu)):
+        atol = tol["atol"] * (rstd_scale if i == 1 else 1.0) * (1.0 + mean * (dtype != torch.float64))
+        torch.testing.assert_close(g, w, rtol=tol["rtol"], atol=atol)
+
+
+@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 70, 33), (2, 5, 7, 1152), (8, 256, 384), (2, 17)])
+def test_gate_residual_cuda_matches_cpu(dtype, shape):
+    b, c = shape[0], shape[-1]
+    inputs = (_cond_data(shape, dtype, 5), _cond_data((b, c), dtype, 6), _cond_data(shape, dtype, 7))
+    cotangent = _cond_data(shape, dtype, 8)
+    cpu = _value_and_grads_on("cpu", imm_ext.ops.gate_residual, inputs, cotangent)
+    gpu = _value_and_grads_on("cuda", imm_ext.ops.gate_residual, inputs, cotangent)
+    for g, w in zip(gpu, cpu):
+        torch.testing.assert_close(g, w, **COND_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("dim", [1, 7, 256])
+def test_timestep_embedding_pair_cuda_matches_cpu(dtype, dim):
+    gen = torch.Generator().manual_seed(9)
+    c_t, c_s = (1000 * torch.rand(2, 33, generator=gen, dtype=torch.float64)).unbind()
+    cotangent = (_cond_data((33, dim), dtype, 10), _cond_data((33, dim), dtype, 11))
+    fn = lambda a, b: imm_ext.ops.timestep_embedding_pair(a, b, dim, dtype=dtype)
+    cpu = _value_and_grads_on("cpu", fn, (c_t, c_s), cotangent)
+    gpu = _value_and_grads_on("cuda", fn, (c_t, c_s), cotangent)
+    # float64 cos/sin of arguments up to 1000: CUDA's and glibc's may differ by an ulp of the argument.
+    value_tol = dict(rtol=0, atol=5e-13) if dtype == torch.float64 else COND_TOLERANCE[dtype]
+    for g, w in zip(gpu[:2], cpu[:2]):
+        torch.testing.assert_close(g, w, **value_tol)
+    for g, w in zip(gpu[2:], cpu[2:]):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+def test_conditioning_cuda_deterministic_opcheck_compile_and_stream():
+    from imm_ext.ops import conditioning_ops as ops
+
+    x, shift, scale = (_cond_data(s, torch.float32, i).cuda() for i, s in enumerate([(4, 100, 48), (4, 48), (4, 48)]))
+    cotangent = _cond_data((4, 100, 48), torch.float32, 12).cuda()
+
+    def block(*a):
+        return imm_ext.ops.gate_residual(a[0], a[3], imm_ext.ops.norm_modulate(a[0], a[1], a[2], norm="layer"))
+
+    inputs = (x, shift, scale, shift * 0.5)
+    first = _value_and_grads_on("cuda", block, inputs, cotangent)
+    second = _value_and_grads_on("cuda", block, inputs, cotangent)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))  # no atomics in the token sums
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        on_stream = _value_and_grads_on("cuda", block, inputs, cotangent)
+    stream.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(first, on_stream))
+    compiled = _value_and_grads_on("cuda", torch.compile(block, fullgraph=True), inputs, cotangent)
+    for a, b in zip(compiled, first):
+        torch.testing.assert_close(a, b)
+    for rms in (False, True):
+        torch.library.opcheck(ops.norm_modulate_op, (x.requires_grad_(), shift, scale, rms, 1e-6))
+    torch.library.opcheck(ops.gate_residual_op, (x.detach(), shift.requires_grad_(), cotangent))
+    torch.library.opcheck(ops.timestep_embedding_op, (torch.rand(5, device="cuda", dtype=torch.float64)
+                                                      .requires_grad_(), 9, 10_000.0, torch.bfloat16))

@@ -1,24 +1,29 @@
-// Run-time choice among the per-instruction-set builds of cpu/pairwise_cpu.cpp.
+// Run-time choice among the per-instruction-set builds of cpu/pairwise_cpu.cpp and
+// cpu/conditioning_cpu.cpp.
 #include "dispatch.h"
 
 #include <cstddef>
 
+#include "conditioning_cpu.h"
 #include "memory_hints.h"
 
 namespace imm::cpu {
 
 namespace baseline {
 void run_pair_task(const PairTask& task, int threads);
-}
+const ConditioningKernels& conditioning_kernels();
+}  // namespace baseline
 #if defined(IMM_CPU_HAS_AVX2)
 namespace avx2 {
 void run_pair_task(const PairTask& task, int threads);
-}
+const ConditioningKernels& conditioning_kernels();
+}  // namespace avx2
 #endif
 #if defined(IMM_CPU_HAS_AVX512)
 namespace avx512 {
 void run_pair_task(const PairTask& task, int threads);
-}
+const ConditioningKernels& conditioning_kernels();
+}  // namespace avx512
 #endif
 
 namespace {
@@ -26,6 +31,7 @@ using Runner = void (*)(const PairTask&, int);
 
 struct Choice {
   Runner run;
+  const ConditioningKernels& (*conditioning)();
   const char* name;
 };
 
@@ -33,12 +39,13 @@ Choice choose() {
 #if defined(IMM_CPU_HAS_AVX512)
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return {avx512::run_pair_task, "avx512"};
+    return {avx512::run_pair_task, avx512::conditioning_kernels, "avx512"};
 #endif
 #if defined(IMM_CPU_HAS_AVX2)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {avx2::run_pair_task, "avx2"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return {avx2::run_pair_task, avx2::conditioning_kernels, "avx2"};
 #endif
-  return {baseline::run_pair_task, "baseline"};
+  return {baseline::run_pair_task, baseline::conditioning_kernels, "baseline"};
 }
 
 const Choice& choice() {
@@ -62,6 +69,8 @@ void run_pair_task(const PairTask& task, int threads) {
   advise_huge_pages(task.out, output_bytes(task));
   choice().run(task, threads);
 }
+
+const ConditioningKernels& conditioning_kernels() { return choice().conditioning(); }
 
 const char* selected_isa() { return choice().name; }
 

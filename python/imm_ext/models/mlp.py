@@ -1,9 +1,10 @@
 """An MLP for low-dimensional data (2-D toys) with the models' interface G(x, c_t, c_s, labels).
 
-Each time input goes through its own sinusoidal embedding and 2-layer MLP; the two are summed
-(imm-method.md §2.2, "s_embed") with an optional class embedding whose last index is the null class
-for guidance. The sum conditions a residual stack of SiLU blocks. The output layer starts at zero,
-so G = 0 at initialisation and the Euler-FM jump f_{s,t}(x) starts as x_t (as DiT's adaLN-Zero).
+Both time inputs get sinusoidal embeddings (one fused op), then each its own 2-layer MLP; the two
+are summed (imm-method.md §2.2, "s_embed") with an optional class embedding whose last index is the
+null class for guidance. The sum conditions a residual stack of SiLU blocks. The output layer starts
+at zero, so G = 0 at initialisation and the Euler-FM jump f_{s,t}(x) starts as x_t (as DiT's
+adaLN-Zero).
 """
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .embeddings import timestep_embedding
+from .embeddings import timestep_embedding_pair
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoidal features of one time input followed by Linear-SiLU-Linear."""
+    """Linear-SiLU-Linear on the sinusoidal features (B, frequencies) of one time input."""
 
     def __init__(self, width: int, frequencies: int = 64):
         super().__init__()
         self.frequencies = frequencies
         self.mlp = nn.Sequential(nn.Linear(frequencies, width), nn.SiLU(), nn.Linear(width, width))
 
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(c, self.frequencies, dtype=self.mlp[0].weight.dtype))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
 
 
 class ResidualBlock(nn.Module):
@@ -69,7 +70,9 @@ class MLP(nn.Module):
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}); got {tuple(x.shape)}")
-        embedding = self.embed_t(c_t) + self.embed_s(c_s)
+        features_t, features_s = timestep_embedding_pair(c_t, c_s, self.embed_t.frequencies,
+                                                         dtype=self.embed_t.mlp[0].weight.dtype)
+        embedding = self.embed_t(features_t) + self.embed_s(features_s)
         if self.embed_label is not None:
             if labels is None:
                 raise ValueError("labels must be given to a class-conditional MLP (use the null class "

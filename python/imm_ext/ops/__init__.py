@@ -1,6 +1,8 @@
 """Torch-facing ops over the compiled core, and their pure-PyTorch references."""
 from .block_reference import (attention_reference, gate_residual_reference, norm_modulate_reference,
                               timestep_embedding_pair_reference)
+from .conditioning_ops import (gate_residual, norm_modulate, timestep_embedding,
+                               timestep_embedding_pair)
 from .interpolant_ops import interpolant_pair, sampler_step
 from .mmd import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel
 from .reference import (interpolant_pair_reference, mmd_loss_reference, pairwise_kernel_reference,
@@ -8,5 +10,6 @@ from .reference import (interpolant_pair_reference, mmd_loss_reference, pairwise
 
 __all__ = ["MMDLoss", "mmd_loss", "mmd_terms", "mmd_loss_reference", "pairwise_kernel", "pairwise_kernel_reference",
            "interpolant_pair", "interpolant_pair_reference", "sampler_step", "sampler_step_reference",
+           "norm_modulate", "gate_residual", "timestep_embedding", "timestep_embedding_pair",
            "attention_reference", "gate_residual_reference", "norm_modulate_reference",
            "timestep_embedding_pair_reference"]

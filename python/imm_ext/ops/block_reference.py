@@ -65,7 +65,7 @@ def timestep_embedding_pair_reference(c_t: Tensor, c_s: Tensor, dim: int, max_pe
         arguments = c.to(torch.float64)[:, None] * frequencies[None]
         parts = [torch.cos(arguments), torch.sin(arguments)]
         if dim % 2:
-            parts.append(torch.zeros_like(arguments[:, :1]))
+            parts.append(torch.zeros_like(c, dtype=torch.float64)[:, None])
         return torch.cat(parts, dim=1).to(dtype)
 
     return embed(c_t), embed(c_s)
