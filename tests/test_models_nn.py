@@ -108,7 +108,8 @@ def test_adaln_modulation_starts_at_zero_and_splits_chunks():
 
 def test_time_pair_embedder_sums_two_mlps_over_sinusoids():
     embedder = randomize(TimePairEmbedder(8, 12)).double()
-    c_t, c_s = torch.tensor([0.0, 994.0, 500.5], dtype=torch.float64), torch.tensor([0.0, 3.0, 250.0], dtype=torch.float64)
+    c_t = torch.tensor([0.0, 994.0, 500.5], dtype=torch.float64)
+    c_s = torch.tensor([0.0, 3.0, 250.0], dtype=torch.float64)
     frequencies = 10_000.0 ** (-torch.arange(4, dtype=torch.float64) / 4)
 
     def sinusoids(c):

@@ -142,9 +142,9 @@ class DiT(nn.Module):
                                  sincos_position_embedding(hidden_size, grid).to(torch.float32), persistent=False)
             self.embed_time = time_class(TIME_FREQUENCIES, hidden_size, TIME_MAX_PERIOD)
             self.embed_label = imm_nn.LabelEmbedder(num_classes, hidden_size) if num_classes else None
-            self.blocks = nn.ModuleList(
-                DiTBlock(hidden_size, heads, int(hidden_size * mlp_ratio), norm, qk_norm, eps, attention_backend, layers)
-                for _ in range(depth))
+            mlp_hidden = int(hidden_size * mlp_ratio)
+            self.blocks = nn.ModuleList(DiTBlock(hidden_size, heads, mlp_hidden, norm, qk_norm, eps, attention_backend,
+                                                 layers) for _ in range(depth))
             self.final_modulation = imm_nn.AdaLNModulation(hidden_size, hidden_size, chunks=2)
             self.final = output_class(hidden_size, patch_size * patch_size * out_channels, norm=norm, eps=eps)
             self.initialize_weights()
@@ -200,5 +200,6 @@ class DiT(nn.Module):
         return self.unpatchify(self.final(tokens, shift, scale))
 
     def extra_repr(self) -> str:
-        return (f"input_size={self.input_size}, patch_size={self.patch_size}, tokens={(self.input_size // self.patch_size) ** 2}, "
+        tokens = (self.input_size // self.patch_size) ** 2
+        return (f"input_size={self.input_size}, patch_size={self.patch_size}, tokens={tokens}, "
                 f"parameters={sum(p.numel() for p in self.parameters()):,}")

@@ -12,7 +12,8 @@ def check_model_inputs(x: torch.Tensor, c_t: torch.Tensor, c_s: torch.Tensor, la
     are floating-point tensors of shape (B,), and labels is None for an unconditional model (num_classes = 0) or
     an integer tensor of shape (B,) with values in [0, num_classes] (num_classes is the null class)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor; got {type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor; got {got}")
     if x.dim() != 1 + len(data_shape) or tuple(x.shape[1:]) != tuple(data_shape):
         expected = ", ".join(["B"] + [str(d) for d in data_shape])
         raise ValueError(f"x must have shape ({expected}); got {tuple(x.shape)}")

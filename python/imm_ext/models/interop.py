@@ -126,7 +126,8 @@ def _unet_block_rules(ours: str, theirs: str, block: nn.Module) -> List[Rule]:
         qkv, proj = block.attention.qkv, block.attention.proj
         rules += [Rule(f"{ours}.attention.qkv.weight", (f"{theirs}.qkv.weight",), (tuple(qkv.weight.shape) + (1, 1),),
                        lambda t: _deinterleave_qkv(t.flatten(1))),
-                  Rule(f"{ours}.attention.qkv.bias", (f"{theirs}.qkv.bias",), (tuple(qkv.bias.shape),), _deinterleave_qkv),
+                  Rule(f"{ours}.attention.qkv.bias", (f"{theirs}.qkv.bias",), (tuple(qkv.bias.shape),),
+                       _deinterleave_qkv),
                   _linear_from_conv1x1(f"{ours}.attention.proj.weight", f"{theirs}.proj.weight", proj.weight.shape),
                   _copy(f"{ours}.attention.proj.bias", f"{theirs}.proj.bias", proj.bias.shape)]
     return rules
@@ -138,7 +139,8 @@ def unet_block_names(model: UNet) -> Tuple[List[str], List[str]]:
     encoder, decoder = [], []
     for level in range(levels):
         res = model.resolution >> level
-        encoder += ([f"enc.{res}x{res}_down"] if level else []) + [f"enc.{res}x{res}_block{i}" for i in range(num_blocks)]
+        encoder += [f"enc.{res}x{res}_down"] if level else []
+        encoder += [f"enc.{res}x{res}_block{i}" for i in range(num_blocks)]
     for level in reversed(range(levels)):
         res = model.resolution >> level
         decoder += [f"dec.{res}x{res}_in0", f"dec.{res}x{res}_in1"] if level == levels - 1 else [f"dec.{res}x{res}_up"]
@@ -156,11 +158,11 @@ def unet_rules(model: UNet) -> Tuple[List[Rule], Dict[str, torch.Tensor]]:
               for ours in ("norm", "conv") for kind in ("weight", "bias")]
     for ours, theirs in (("embed_t", ""), ("embed_s", "_s")):
         mlp = getattr(model.embed_time, ours).mlp
-        rules += [Rule(f"embed_time.{ours}.mlp.0.weight", (f"map_layer0{theirs}.weight",), (tuple(mlp[0].weight.shape),),
-                       lambda t: _swap_halves(t, dim=1)),
+        rules += [Rule(f"embed_time.{ours}.mlp.0.weight", (f"map_layer0{theirs}.weight",),
+                       (tuple(mlp[0].weight.shape),), lambda t: _swap_halves(t, dim=1)),
                   _copy(f"embed_time.{ours}.mlp.0.bias", f"map_layer0{theirs}.bias", mlp[0].bias.shape)]
-        rules += [_copy(f"embed_time.{ours}.mlp.2.{kind}", f"map_layer1{theirs}.{kind}", mlp[2].get_parameter(kind).shape)
-                  for kind in ("weight", "bias")]
+        rules += [_copy(f"embed_time.{ours}.mlp.2.{kind}", f"map_layer1{theirs}.{kind}",
+                        mlp[2].get_parameter(kind).shape) for kind in ("weight", "bias")]
     if model.embed_label is not None:
         classes, width = model.num_classes, model.embed_label.weight.shape[1]
 
@@ -176,7 +178,8 @@ def unet_rules(model: UNet) -> Tuple[List[Rule], Dict[str, torch.Tensor]]:
         for index, (block, theirs) in enumerate(zip(blocks, names)):
             rules += _unet_block_rules(f"{prefix}.{index}", theirs, block)
             if block.resample is not None:  # DDPM++'s [1, 1] filter, normalised: 2x2 of 1/4
-                buffers.update({f"{theirs}.{conv}.resample_filter": torch.full((1, 1, 2, 2), 0.25) for conv in ("conv0", "skip")})
+                for conv in ("conv0", "skip"):
+                    buffers[f"{theirs}.{conv}.resample_filter"] = torch.full((1, 1, 2, 2), 0.25)
     return rules, buffers
 
 

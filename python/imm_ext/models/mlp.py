@@ -53,7 +53,8 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, num_classes: int = 0, seed: int = 0):
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("num_classes", num_classes, 0)):
+        for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1),
+                                 ("num_classes", num_classes, 0)):
             check_int(name, value, low)
         self.config = dict(dim=dim, width=width, depth=depth, num_classes=num_classes, seed=seed)
         self.dim, self.num_classes = dim, num_classes

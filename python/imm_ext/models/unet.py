@@ -73,7 +73,8 @@ class UNetBlock(nn.Module):
         self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels or resample else None
         self.norm2 = group_norm(out_channels) if attention else None
-        self.attention = imm_nn.SelfAttention(out_channels, heads, attention_backend=attention_backend) if attention else None
+        self.attention = (imm_nn.SelfAttention(out_channels, heads, attention_backend=attention_backend)
+                          if attention else None)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(resample(nn.functional.silu(self.norm0(x)), self.resample))
@@ -120,8 +121,8 @@ class UNet(nn.Module):
         channel_mult = check_int_list("channel_mult", channel_mult)
         levels = [resolution >> level for level in range(len(channel_mult))]
         if resolution % (1 << (len(channel_mult) - 1)):
-            raise ValueError(f"resolution must be divisible by 2^(len(channel_mult) - 1) = {1 << (len(channel_mult) - 1)}; "
-                             f"got {resolution}")
+            raise ValueError(f"resolution must be divisible by 2^(len(channel_mult) - 1) = "
+                             f"{1 << (len(channel_mult) - 1)}; got {resolution}")
         attn_resolutions = [] if not attn_resolutions else check_int_list("attn_resolutions", attn_resolutions)
         if any(res not in levels for res in attn_resolutions):
             raise ValueError(f"attn_resolutions must be level resolutions {levels}; got {attn_resolutions}")

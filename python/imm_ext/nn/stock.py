@@ -18,7 +18,8 @@ from .embedding import TimePairEmbedder
 from .sinusoidal import timestep_embedding
 
 
-def stock_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+def stock_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, norm: str,
+                        eps: float) -> torch.Tensor:
     """norm(x) * (1 + scale) + shift with stock layers; x (B, T, C), shift and scale (B, C)."""
     normed = (nn.functional.layer_norm(x, x.shape[-1:], eps=eps) if norm == "layer"
               else nn.functional.rms_norm(x, x.shape[-1:], eps=eps))
@@ -56,4 +57,5 @@ class StockTimePairEmbedder(TimePairEmbedder):
         features_t = timestep_embedding(c_t, self.frequencies, self.max_period, dtype)
         if t_offset is not None:
             features_t = features_t + t_offset
-        return self.embed_t(features_t) + self.embed_s(timestep_embedding(c_s, self.frequencies, self.max_period, dtype))
+        features_s = timestep_embedding(c_s, self.frequencies, self.max_period, dtype)
+        return self.embed_t(features_t) + self.embed_s(features_s)
