@@ -11,7 +11,8 @@ numbered steps in `Trainer._run`.
 Per step: every rank draws its share of the global batch (whole IMM groups of M particles), splits it
 into micro-batches that are multiples of M (gradient accumulation never splits a group), back-propagates
 each with the gradient all-reduce only on the last, then all ranks agree on whether the loss and
-gradients were finite and whether a stop was requested, before the optimiser step and the EMA update.
+gradients were finite before the optimiser step and the EMA update, and after the step on whether a
+stop was requested.
 A non-finite step is skipped and counted; `train.max_nonfinite` in a row abort the run.
 
 Exact resume: a checkpoint holds the network, EMA, optimiser, gradient scaler, step, every rank's data
@@ -251,18 +252,16 @@ class Trainer:
                         if isinstance(value, torch.Tensor) and value.numel() == 1:
                             diagnostics[key] = diagnostics.get(key, 0.0) + float(value) / chunks
 
-                # 6c. Gradient norm (clipped when asked); all ranks agree on finiteness and on stopping.
+                # 6c. Gradient norm (clipped when asked); all ranks agree on whether the step is finite.
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 clip = config.optimizer.grad_clip if config.optimizer.grad_clip is not None else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
                 local_nonfinite = not bool(torch.isfinite(loss_total)) or (
                     scaler is None and not bool(torch.isfinite(grad_norm)))
-                stop_here = self._stop_requested or self._signals.requested
                 agreed = distributed.sum_across_ranks(context, torch.tensor(
-                    [float(local_nonfinite), float(bool(stop_here)), float(loss_total)], dtype=torch.float64))
-                nonfinite, stop_everywhere = bool(agreed[0] > 0), bool(agreed[1] > 0)
-                mean_loss = float(agreed[2]) / context.world_size
+                    [float(local_nonfinite), float(loss_total)], dtype=torch.float64))
+                nonfinite, mean_loss = bool(agreed[0] > 0), float(agreed[1]) / context.world_size
 
                 # 6d. Optimiser step and EMA update, or a skipped step.
                 if nonfinite:
@@ -292,7 +291,8 @@ class Trainer:
                         ema.update(network)
                 step += 1
 
-                # 6e. Progress, log, pictures, periodic evaluation, checkpoints (files from rank 0 only).
+                # 6e. Progress, log, pictures, periodic evaluation (rank 0); then all ranks agree on stopping
+                #     (SIGINT / SIGTERM / request_stop) and write a checkpoint when due or stopping.
                 if run_log is not None:
                     run_log.advance(step, mean_loss)
                     if step % config.log.log_every == 0 or step == loop.steps:
@@ -304,6 +304,9 @@ class Trainer:
                         self._evaluate(ema.model if config.eval.use_ema else network, info, run_log, step, final=False)
                 if self.on_step is not None:
                     self.on_step(self, step)
+                stop_here = self._stop_requested or self._signals.requested
+                stop_everywhere = bool(distributed.sum_across_ranks(
+                    context, torch.tensor([float(bool(stop_here))], dtype=torch.float64))[0] > 0)
                 if step % config.log.checkpoint_every == 0 or step == loop.steps or stop_everywhere:
                     last_checkpoint = write_checkpoint() or last_checkpoint
                 if stop_everywhere:
