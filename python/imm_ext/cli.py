@@ -110,7 +110,8 @@ def _train(arguments) -> int:
     result = Trainer(config, resume=arguments.resume).run()
     if result.interrupted:
         return 130
-    print(f"done: {result.step} steps; outputs in {result.run_dir}/")
+    if result.rank == 0:
+        print(f"done: {result.step} steps; outputs in {result.run_dir}/")
     return 0
 
 

@@ -70,6 +70,7 @@ class TrainResult:
     checkpoint: Optional[Path] = None
     metrics: Dict[int, Dict[str, float]] = field(default_factory=dict)
     parameter_digests: list = field(default_factory=list)
+    rank: int = 0
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -320,7 +321,8 @@ class Trainer:
         digests = distributed.gather_objects(context, parameter_digest(network))
         if len(set(digests)) > 1:
             raise RuntimeError(f"the ranks ended with different parameters (digests {digests})")
-        result = TrainResult(self.run_dir, step, stop_reason is not None, last_checkpoint, parameter_digests=digests)
+        result = TrainResult(self.run_dir, step, stop_reason is not None, last_checkpoint, parameter_digests=digests,
+                             rank=context.rank)
         if stop_reason is not None:
             if context.is_main:
                 print(f"stopped by {stop_reason} at step {step}; checkpoint {last_checkpoint}; continue with "
