@@ -1,5 +1,13 @@
-"""Networks G(x, c_t, c_s, labels) that IMMParametrization wraps (DiT and the UNet come next)."""
-from .embeddings import timestep_embedding
+"""Networks G(x, c_t, c_s, labels) that IMMParametrization wraps: MLP (2-D toys), DiT (ImageNet latents),
+UNet (DDPM++, CIFAR-10); `build(kind, **config)` by name, `save_model` / `load_model` as safetensors,
+and `load_authors_state_dict` for the IMM authors' released weights (imm_ext.models.interop)."""
+from ..nn.sinusoidal import timestep_embedding
+from .dit import DiT
+from .interop import load_authors_state_dict
 from .mlp import MLP
+from .registry import MODELS, build
+from .serialization import load_model, save_model
+from .unet import UNet
 
-__all__ = ["MLP", "timestep_embedding"]
+__all__ = ["DiT", "MLP", "MODELS", "UNet", "build", "load_authors_state_dict", "load_model", "save_model",
+           "timestep_embedding"]

@@ -12,7 +12,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .embeddings import timestep_embedding
+from ..nn.sinusoidal import timestep_embedding
+from .construction import check_int, seeded
+from .inputs import check_model_inputs
 
 
 class TimeEmbedding(nn.Module):
@@ -52,11 +54,10 @@ class MLP(nn.Module):
     def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, num_classes: int = 0, seed: int = 0):
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("num_classes", num_classes, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+            check_int(name, value, low)
+        self.config = dict(dim=dim, width=width, depth=depth, num_classes=num_classes, seed=seed)
         self.dim, self.num_classes = dim, num_classes
-        with torch.random.fork_rng(devices=[]):  # seeded init that leaves the global CPU RNG alone
-            torch.random.default_generator.manual_seed(seed)
+        with seeded(seed):
             self.embed_t, self.embed_s = TimeEmbedding(width), TimeEmbedding(width)
             self.embed_label = nn.Embedding(num_classes + 1, width) if num_classes else None
             self.input = nn.Linear(dim, width)
@@ -67,13 +68,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c_t: torch.Tensor, c_s: torch.Tensor,
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (B, {self.dim}); got {tuple(x.shape)}")
+        check_model_inputs(x, c_t, c_s, labels, (self.dim,), self.num_classes)
         embedding = self.embed_t(c_t) + self.embed_s(c_s)
         if self.embed_label is not None:
-            if labels is None:
-                raise ValueError("labels must be given to a class-conditional MLP (use the null class "
-                                 f"{self.num_classes} for unconditional samples)")
             embedding = embedding + self.embed_label(labels)
         h = self.input(x.to(self.input.weight.dtype))
         for block in self.blocks:

@@ -1,4 +1,6 @@
-"""Sinusoidal embeddings of the time inputs c_t = 1000 t and c_s = 1000 s (or 1000 (t - s)).
+"""The plain sinusoidal embedding of one time input c = 1000 t, 1000 s or 1000 (t - s) (the MLP's, and the
+stock-layer baseline's; imm_ext's layers embed both times at once through
+imm_ext.nn.functional.timestep_embedding_pair, which computes the same features).
 
 The DiT/ADM convention (imm-method.md §2.3): half the channels are cos(c f_k), half sin(c f_k), with
 frequencies f_k = max_period^(-k / half) for k = 0 .. half - 1. The arguments c f_k are formed in

@@ -1,0 +1,59 @@
+"""imm_ext.nn's DiT layers written with stock PyTorch: the baseline imm_ext's layers are measured against
+(bench/models.py, through DiT(layers="stock")) and checked against (tests).
+
+Same parameters and state-dict keys as the imm_ext layers they subclass, so weights move between the
+two with load_state_dict; the forward passes use what one would write without imm_ext:
+torch.nn.functional.layer_norm / rms_norm, `x * (1 + scale) + shift`, `x + gate * y`,
+torch.nn.functional.scaled_dot_product_attention, and a plain sinusoidal embedding per time input.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .blocks import ModulatedAttention, ModulatedMLP, ModulatedOutput
+from .embedding import TimePairEmbedder
+from .sinusoidal import timestep_embedding
+
+
+def stock_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """norm(x) * (1 + scale) + shift with stock layers; x (B, T, C), shift and scale (B, C)."""
+    normed = (nn.functional.layer_norm(x, x.shape[-1:], eps=eps) if norm == "layer"
+              else nn.functional.rms_norm(x, x.shape[-1:], eps=eps))
+    return normed * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class StockModulatedAttention(ModulatedAttention):
+    """ModulatedAttention computed with stock layers and SDPA."""
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.attention.split_heads(stock_norm_modulate(x, shift, scale, self.norm, self.eps))
+        y = self.attention.merge_heads(nn.functional.scaled_dot_product_attention(q, k, v))
+        return x + gate.unsqueeze(1) * y
+
+
+class StockModulatedMLP(ModulatedMLP):
+    """ModulatedMLP computed with stock layers."""
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return x + gate.unsqueeze(1) * self.branch(stock_norm_modulate(x, shift, scale, self.norm, self.eps))
+
+
+class StockModulatedOutput(ModulatedOutput):
+    """ModulatedOutput computed with stock layers."""
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.linear(stock_norm_modulate(x, shift, scale, self.norm, self.eps))
+
+
+class StockTimePairEmbedder(TimePairEmbedder):
+    """TimePairEmbedder with one plain sinusoidal embedding per time input."""
+
+    def forward(self, c_t: torch.Tensor, c_s: torch.Tensor, t_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        dtype = self.embed_t.mlp[0].weight.dtype
+        features_t = timestep_embedding(c_t, self.frequencies, self.max_period, dtype)
+        if t_offset is not None:
+            features_t = features_t + t_offset
+        return self.embed_t(features_t) + self.embed_s(timestep_embedding(c_s, self.frequencies, self.max_period, dtype))
