@@ -9,6 +9,7 @@ import torch
 
 from imm_ext.train import Trainer, TrainingDiverged, apply_overrides, get_preset
 from imm_ext.train import trainer as trainer_module
+from imm_ext.models import load_model
 from imm_ext.train.checkpoint import load_checkpoint
 
 TINY = ["model.options.width=16", "model.options.depth=1", "train.steps=6", "train.batch_size=64",
@@ -60,13 +61,16 @@ def test_run_directory_contents(tmp_path):
     result = Trainer(tiny_config("log.sample_every=3"), run_dir=tmp_path).run()
     names = {p.name for p in tmp_path.iterdir()}
     assert {"config.yaml", "log.jsonl", "loss.png", "metrics.json", "summary.json", "samples-1step.png",
-            "samples-2step.png", "checkpoints", "samples"} <= names
+            "samples-2step.png", "checkpoints", "samples", "model-ema.safetensors"} <= names
     assert (tmp_path / "samples" / "step-00000003.png").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics_by_steps"]
     assert set(metrics) == {"1", "2"} and "energy" in metrics["1"]
     assert result.metrics[1]["energy"] == metrics["1"]["energy"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 6 and len(summary["parameter_sha256_by_rank"]) == 1
+    ema = load_model(tmp_path / "model-ema.safetensors")
+    state = load_checkpoint(tmp_path / "checkpoints" / "step-00000006.pt")["ema"]["model"]
+    assert all(torch.equal(value, state[name]) for name, value in ema.state_dict().items())
 
 
 def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):

@@ -36,6 +36,8 @@ def load_data(config: DataConfig, split: Optional[str] = None):
     from .. import data  # imported here: the data sources are only needed by a run that reads data
 
     split = config.split if split is None else split
+    if config.name not in data.DATASET_NAMES:
+        raise ConfigError(f"data.name: unknown dataset {config.name!r}; one of {', '.join(data.DATASET_NAMES)}")
     try:
         return data.load_dataset(config.name, path=config.path, split=split, **config.options)
     except (FileNotFoundError, NotADirectoryError) as error:

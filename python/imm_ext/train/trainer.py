@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
+from ..models import save_model
 from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
 from .components import (DataInfo, build_network, build_optimizer, data_info, learning_rate, load_data,
                          network_arguments, objective, parametrize, particles_per_group)
@@ -185,12 +186,14 @@ class Trainer:
 
         # 4. Resume: everything above comes back as it was after the checkpoint's step.
         step, skipped_total, consecutive_nonfinite = 0, 0, 0
+        interval_losses = []  # the logged loss is the mean over the steps since the last log line
         checkpoint_dir = self.run_dir / CHECKPOINT_DIR
         resume_path = resolve_resume(self.resume, checkpoint_dir) if self.resume else None
         if resume_path is not None:
-            state = load_checkpoint(resume_path, map_location=device)
+            state = load_checkpoint(resume_path)  # on the CPU: generator states must stay CPU tensors
             step, skipped_total, consecutive_nonfinite = self._restore(state, context, network, ema, optimizer,
                                                                        scaler, stream, generator)
+            interval_losses = [float(value) for value in state["interval_losses"]]
         if step >= loop.steps and resume_path is not None:
             raise ConfigError(f"train.steps: the checkpoint {str(resume_path)!r} is already at step {step}; "
                               f"raise train.steps to continue")
@@ -217,7 +220,8 @@ class Trainer:
                     "optimizer": optimizer.state_dict(), "scaler": None if scaler is None else scaler.state_dict(),
                     "config": dump_config(config), "network": {"kind": config.model.kind, "arguments": arguments},
                     "data_info": info.as_dict(), "world_size": context.world_size, "ranks": ranks,
-                    "counters": {"skipped_total": skipped_total, "consecutive_nonfinite": consecutive_nonfinite}}
+                    "counters": {"skipped_total": skipped_total, "consecutive_nonfinite": consecutive_nonfinite},
+                    "interval_losses": list(interval_losses)}
 
         def write_checkpoint() -> Optional[Path]:
             payload = checkpoint_payload()  # a collective: every rank takes part
@@ -296,9 +300,13 @@ class Trainer:
                 #     (SIGINT / SIGTERM / request_stop) and write a checkpoint when due or stopping.
                 if run_log is not None:
                     run_log.advance(step, mean_loss)
+                    if math.isfinite(mean_loss):
+                        interval_losses.append(mean_loss)
                     if step % config.log.log_every == 0 or step == loop.steps:
                         norm = float(grad_norm) if math.isfinite(float(grad_norm)) else math.nan
-                        run_log.record(step, log_values(mean_loss, diagnostics, lr, norm, skipped_total))
+                        interval_loss = sum(interval_losses) / len(interval_losses) if interval_losses else math.nan
+                        interval_losses.clear()
+                        run_log.record(step, log_values(interval_loss, diagnostics, lr, norm, skipped_total))
                     if config.log.sample_every and step % config.log.sample_every == 0:
                         self._sample_grid(ema.model, info, self.run_dir / "samples" / f"step-{step:08d}.png")
                     if config.eval.every and step % config.eval.every == 0 and step < loop.steps:
@@ -329,11 +337,12 @@ class Trainer:
                       f"--resume auto", file=sys.stderr, flush=True)
             return result
 
-        # 8. Final outputs (rank 0): pictures and metrics at each step count, loss curve, summary.
+        # 8. Final outputs (rank 0): pictures and metrics at each step count, loss curve, EMA network, summary.
         if context.is_main:
             result.metrics = self._evaluate(ema.model if config.eval.use_ema else network, info, None, step,
                                             final=True)
             self._loss_curve()
+            save_model(ema.model, self.run_dir / "model-ema.safetensors")  # the EMA network alone, for reuse
             summary = {"step": step, "checkpoint": str(last_checkpoint), "parameter_sha256_by_rank": digests,
                        "skipped_steps": skipped_total, "world_size": context.world_size,
                        "metrics_by_steps": {str(k): v for k, v in result.metrics.items()}}
@@ -366,6 +375,10 @@ class Trainer:
         return int(state["step"]), int(counters["skipped_total"]), int(counters["consecutive_nonfinite"])
 
     def _sample_grid(self, network: nn.Module, info: DataInfo, path: Path) -> None:
+        with _evaluation_mode(network):
+            self._sample_grid_now(network, info, path)
+
+    def _sample_grid_now(self, network: nn.Module, info: DataInfo, path: Path) -> None:
         config = self.config
         model = parametrize(network, config.method, info)
         count = config.log.grid_size
@@ -375,6 +388,11 @@ class Trainer:
 
     def _evaluate(self, network: nn.Module, info: DataInfo, run_log: Optional[RunLog], step: int,
                   final: bool) -> Dict[int, Dict[str, float]]:
+        with _evaluation_mode(network):
+            return self._evaluate_now(network, info, run_log, step, final)
+
+    def _evaluate_now(self, network: nn.Module, info: DataInfo, run_log: Optional[RunLog], step: int,
+                      final: bool) -> Dict[int, Dict[str, float]]:
         """Metrics (and, at the end, pictures) at every eval.steps count, written to metrics.json."""
         config = self.config
         real = real_samples(config, info)
@@ -405,3 +423,13 @@ class Trainer:
                   self.run_dir / "loss.png", title=f"{self.config.run_name}: {self.config.method.kind} loss (log scale)",
                   log_scale=True)
 
+
+@contextlib.contextmanager
+def _evaluation_mode(network: nn.Module):
+    """Sample with dropout off, then give the network back in the mode it was in."""
+    was_training = network.training
+    network.eval()
+    try:
+        yield
+    finally:
+        network.train(was_training)
