@@ -101,3 +101,13 @@ def test_fp16_gets_the_minimum_gap():
     assert config.method.delta == FP16_MIN_GAP
     assert with_precision_defaults(get_preset("digits")).method.delta == 0
     assert dataclasses.replace(TrainingConfig()).validate() == TrainingConfig()
+
+
+def test_flow_matching_reads_the_network_as_euler_fm():
+    """The digits recipe trains IMM with Simple-EDM; its flow-matching baseline trains the same network
+    as an Euler-FM velocity on the "fm" path."""
+    method = apply_overrides(get_preset("digits"), ["method.kind=flow_matching"]).validate().method
+    assert get_preset("digits").method.imm_preset().f_type == "simple_edm"
+    assert method.imm_preset().f_type == "euler_fm" and method.imm_preset().schedule == "fm"
+    with pytest.raises(ConfigError, match="method.schedule"):
+        apply_overrides(get_preset("digits"), ["method.kind=flow_matching", "method.schedule=vp_cosine"]).validate()

@@ -135,7 +135,7 @@ class EvalConfig:
     num_samples: int = 1000
     batch_size: int = 500
     guidance: Optional[float] = None  # None: method.guidance
-    feature_net: Optional[str] = None  # None: chosen from the dataset ("digits", "fashion-mnist")
+    feature_net: Optional[str] = None  # None: the dataset's ("digits", "fashion-mnist"); or "inception"
     every: int = 0  # periodic evaluation interval in steps; 0: only at the end
     use_ema: bool = True
     seed: int = 0

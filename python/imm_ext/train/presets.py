@@ -44,7 +44,7 @@ def _digits() -> TrainingConfig:
         # One thread: at this size a second OpenMP thread gains little, and on a shared 2-core machine its
         # spin-waiting makes steps several times slower.
         train=LoopConfig(steps=3000, batch_size=128, ema_decay=0.999, ema_warmup=True, threads=1),
-        log=LogConfig(log_every=25, checkpoint_every=500, grid_size=64),
+        log=LogConfig(log_every=25, sample_every=1000, checkpoint_every=500, grid_size=64),
         eval=EvalConfig(num_samples=1000, batch_size=500))
 
 
@@ -71,7 +71,7 @@ def _cifar10() -> TrainingConfig:
         optimizer=OptimizerConfig(name="radam", lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
         train=LoopConfig(steps=400_000, batch_size=4096, precision="tf32", ema_decay=0.9999),
         log=LogConfig(log_every=100, sample_every=10_000, checkpoint_every=10_000, grid_size=64),
-        eval=EvalConfig(steps=(1, 2), num_samples=50_000, batch_size=1000, every=50_000))
+        eval=EvalConfig(steps=(1, 2), num_samples=50_000, batch_size=1000, every=50_000, feature_net="inception"))
 
 
 _IMAGENET_VARIANTS = {"S": "S/2", "B": "B/2", "L": "L/2", "XL": "XL/2"}
