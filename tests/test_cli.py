@@ -13,7 +13,7 @@ import pytest
 
 from imm_ext.cli import main
 
-TINY = ["model.options.width=16", "model.options.depth=1", "train.batch_size=64", "eval.steps=1,2",
+TINY = ["model.options.width=16", "model.options.depth=1", "train.threads=1", "train.batch_size=64", "eval.steps=1,2",
         "eval.num_samples=64", "eval.batch_size=64", "log.log_every=2", "log.progress=false",
         "log.tensorboard=false", "data.options={n: 2000}"]
 

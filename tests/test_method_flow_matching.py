@@ -81,7 +81,17 @@ def ring(n, generator, modes=8, radius=0.7, spread=0.05):
     return radius * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + spread * torch.randn(n, 2, generator=generator)
 
 
-def test_flow_matching_learns_a_ring_of_gaussians():
+@pytest.fixture
+def one_thread():
+    """Small matrices gain nothing from a second thread, and on a busy 2-core machine its spin-waiting
+    makes this test many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_flow_matching_learns_a_ring_of_gaussians(one_thread):
     generator = torch.Generator().manual_seed(0)
     model = IMMParametrization(MLP(width=64, depth=2, seed=0), f_type="euler_fm")
     held_out = ring(2000, torch.Generator().manual_seed(1))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-TINY = ["model.options.width=16", "model.options.depth=1", "train.steps=4", "train.batch_size=64",
+TINY = ["model.options.width=16", "model.options.depth=1", "train.threads=1", "train.steps=4", "train.batch_size=64",
         "train.micro_batch=16", "eval.steps=1", "eval.num_samples=64", "eval.batch_size=64", "log.log_every=2",
         "log.progress=false", "log.tensorboard=false", "data.options={n: 2000}", "train.dist_timeout_s=60"]
 

@@ -129,6 +129,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         context = distributed.initialize(self.config.train.device, self.config.train.dist_timeout_s)
+        threads = torch.get_num_threads()
         try:
             with _StopSignals() as signals:
                 self._signals = signals
@@ -139,6 +140,7 @@ class Trainer:
                       file=sys.stderr, flush=True)
             raise
         finally:
+            torch.set_num_threads(threads)  # train.threads applies to the run only
             distributed.shutdown(context)
 
     # ------------------------------------------------------------------------------------------
