@@ -1,0 +1,219 @@
+"""The `imm-ext` command: train, sample and evaluate IMM models.
+
+    imm-ext train [--preset NAME] [--config FILE.yaml] [--resume auto|PATH] [--name RUN] [key=value ...]
+    imm-ext sample --ckpt PATH [--steps 1,2,4,8] [--n 64] [--guidance W] [--out grid.png|samples.npz]
+                   [--seed S] [--no-ema]
+    imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema]
+    imm-ext presets
+
+`imm-ext train` with no arguments is the default job: IMM on scikit-learn's 8x8 digits on the CPU,
+writing runs/digits/. Overrides are dotted keys of the configuration (`imm-ext presets` and
+`--print-config` show them), e.g. `method.kind=flow_matching` trains the flow-matching baseline on the
+same network. Distributed: `torchrun --nproc_per_node N -m imm_ext.cli train ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from .train.checkpoint import CheckpointError, load_checkpoint, resolve_resume
+from .train.config import ConfigError, TrainingConfig
+from .train.config_io import apply_overrides, dump_config, load_config, parse_config
+from .train.presets import DEFAULT_PRESET, TRAINING_PRESETS, get_preset
+
+
+def _step_counts(text: str) -> List[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps must be comma-separated integers such as 1,2,4,8; got {text!r}")
+    if not counts or any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"--steps must list positive integers; got {text!r}")
+    return counts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imm-ext", description="Inductive Moment Matching: train, sample, evaluate.")
+    commands = parser.add_subparsers(dest="command")
+
+    train = commands.add_parser("train", help="train a model (default: IMM on 8x8 digits, CPU)")
+    train.add_argument("--preset", choices=sorted(TRAINING_PRESETS), help=f"named recipe (default {DEFAULT_PRESET})")
+    train.add_argument("--config", type=Path, help="YAML file of settings (on top of the preset)")
+    train.add_argument("--resume", help='"auto" (newest checkpoint of the run, if any) or a checkpoint path')
+    train.add_argument("--name", help="run name: outputs go to <log.root>/<name>/")
+    train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=512")
+
+    sample = commands.add_parser("sample", help="draw samples from a checkpoint")
+    sample.add_argument("--ckpt", required=True, type=Path)
+    sample.add_argument("--steps", type=_step_counts, default=None, help="step counts (default: the method's)")
+    sample.add_argument("--n", type=_positive_int, default=64, help="samples per step count")
+    sample.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+    sample.add_argument("--out", type=Path, default=Path("samples.png"),
+                        help=".png: one picture per step count (-Nstep suffix when several); .npz: arrays")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    sample.add_argument("--batch-size", type=_positive_int, default=500)
+
+    evaluate = commands.add_parser("eval", help="metrics of a checkpoint's samples at several step counts")
+    evaluate.add_argument("--ckpt", required=True, type=Path)
+    evaluate.add_argument("--steps", type=_step_counts, default=None, help="step counts (default: eval.steps)")
+    evaluate.add_argument("--n", type=_positive_int, default=None, help="samples (default: eval.num_samples)")
+    evaluate.add_argument("--guidance", type=float, default=None)
+    evaluate.add_argument("--seed", type=int, default=None)
+    evaluate.add_argument("--no-ema", action="store_true")
+    evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: next to the checkpoint's run)")
+
+    commands.add_parser("presets", help="list the training presets")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+def training_config(preset: Optional[str], config_file: Optional[Path], overrides: Sequence[str],
+                    name: Optional[str] = None, base: Optional[TrainingConfig] = None) -> TrainingConfig:
+    """Preset (or `base`), then the YAML file, then --name, then the overrides; validated."""
+    config = base if base is not None and preset is None else get_preset(preset or DEFAULT_PRESET)
+    if config_file is not None:
+        config = load_config(config_file, base=config)
+    if name is not None:
+        config = apply_overrides(config, [f"log.name={name}"])
+    return apply_overrides(config, overrides).validate()
+
+
+def _train(arguments) -> int:
+    from .train.trainer import Trainer
+
+    base = None
+    if arguments.resume not in (None, "auto") and arguments.preset is None and arguments.config is None:
+        # Resuming a given checkpoint without a recipe: continue with the configuration it was trained with.
+        base = parse_config(load_checkpoint(resolve_resume(arguments.resume, "."))["config"], source="the checkpoint")
+    config = training_config(arguments.preset, arguments.config, arguments.overrides, arguments.name, base)
+    if arguments.print_config:
+        print(dump_config(config), end="")
+        return 0
+    result = Trainer(config, resume=arguments.resume).run()
+    if result.interrupted:
+        return 130
+    if result.rank == 0:
+        print(f"done: {result.step} steps; outputs in {result.run_dir}/")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sample / eval
+
+def _load_model(path: Path, use_ema: bool):
+    """(model f_{s,t} on the best device, config, data info) from a training checkpoint."""
+    from .train.components import DataInfo, build_network, parametrize
+
+    state = load_checkpoint(path)
+    config = parse_config(state["config"], source=f"the config in {path}")
+    info = DataInfo.from_dict(state["data_info"])
+    network = build_network(state["network"]["kind"], dict(state["network"]["arguments"]))
+    weights = state["ema"]["model"] if use_ema else state["model"]
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {path} do not fit the network they name: {str(error).splitlines()[0]}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = network.to(device).eval()
+    return parametrize(network, config.method, info), config, info, int(state["step"])
+
+
+def _sample(arguments) -> int:
+    import numpy as np
+
+    from .train.evaluation import generate, grid_labels, save_samples_picture
+
+    model, config, info, _ = _load_model(arguments.ckpt, not arguments.no_ema)
+    steps_list = arguments.steps or [config.method.sampling_steps]
+    suffix = arguments.out.suffix.lower()
+    if suffix not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png or .npz; got {str(arguments.out)!r}")
+    labels = grid_labels(info, arguments.n) if suffix == ".png" else None
+    arrays = {}
+    for steps in steps_list:
+        samples, used_labels = generate(model, config.method, info, steps, arguments.n, seed=arguments.seed,
+                                        batch_size=arguments.batch_size, guidance=arguments.guidance, labels=labels)
+        if suffix == ".npz":
+            arrays[f"samples_{steps}step"] = samples.numpy()
+            if used_labels is not None:
+                arrays[f"labels_{steps}step"] = used_labels.numpy()
+            continue
+        out = arguments.out if len(steps_list) == 1 else arguments.out.with_name(
+            f"{arguments.out.stem}-{steps}step{arguments.out.suffix}")
+        save_samples_picture(samples, out)
+        print(f"{steps}-step samples: {out}")
+    if suffix == ".npz":
+        arguments.out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(arguments.out, **arrays)
+        print(f"samples at {', '.join(map(str, steps_list))} steps: {arguments.out}")
+    return 0
+
+
+def _evaluate(arguments) -> int:
+    from .train.evaluation import Metrics, evaluate_steps, metrics_table, real_samples, write_metrics
+
+    model, config, info, step = _load_model(arguments.ckpt, not arguments.no_ema)
+    steps_list = arguments.steps or list(config.eval.steps)
+    count = arguments.n or config.eval.num_samples
+    seed = config.eval.seed if arguments.seed is None else arguments.seed
+    metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=seed)
+    if not metrics.available:
+        raise ValueError(f"no metric is available for the data {info.name!r} {info.sample_shape} (image metrics need "
+                         f"a feature network: eval.feature_net)")
+    results = evaluate_steps(model, config.method, info, metrics, steps_list, count, seed=seed,
+                             batch_size=config.eval.batch_size, guidance=arguments.guidance)
+    print(metrics_table(results))
+    out = arguments.out or arguments.ckpt.parent.parent / f"eval-step-{step:08d}.json"
+    write_metrics(results, out, {"checkpoint": str(arguments.ckpt), "step": step, "ema": not arguments.no_ema,
+                                 "num_samples": count})
+    print(f"metrics: {out}")
+    return 0
+
+
+def _presets() -> int:
+    for name in sorted(TRAINING_PRESETS):
+        preset = TRAINING_PRESETS[name]
+        print(f"{name:28s} data={preset.data.name} model={preset.model.kind}{'/' + preset.model.preset if preset.model.preset else ''} "
+              f"steps={preset.train.steps} batch={preset.train.batch_size}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .train.distributed import PeerFailure
+    from .train.trainer import TrainingDiverged
+
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:  # `imm-ext` alone runs the default training job
+        arguments = parser.parse_args(["train"])
+    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "presets": lambda _: _presets()}
+    try:
+        return handlers[arguments.command](arguments)
+    except (ConfigError, CheckpointError, ValueError, TypeError) as error:
+        print(f"imm-ext {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (TrainingDiverged, PeerFailure) as error:
+        print(f"imm-ext {arguments.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
