@@ -130,11 +130,18 @@ def test_nan_stays_in_its_head():
 # ---------------------------------------------------------------------------------------------
 # Output layout, inference path
 
-def test_output_and_gradients_are_token_major():
-    q, k, v = (t.requires_grad_() for t in _qkv(2, 3, 5, 7, 8, torch.float32))
+def test_results_are_laid_out_like_their_inputs():
+    """Contiguous inputs give contiguous results; views of a fused (B, T, 3, H, Dh) projection give
+    (B, T, H, Dh) results (the output projection reads out.transpose(1, 2) as a view)."""
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 3, 5, 5, 8, torch.float32))
     out = attention(q, k, v)
-    assert out.shape == (2, 3, 5, 8) and out.transpose(1, 2).is_contiguous()
     grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert out.is_contiguous() and all(g.is_contiguous() for g in grads)
+    qkv = torch.randn(2, 5, 3, 3, 8, requires_grad=True)
+    views = [qkv[:, :, i].transpose(1, 2) for i in range(3)]
+    out = attention(*views)
+    grads = torch.autograd.grad(out.sum(), views)
+    assert out.shape == (2, 3, 5, 8) and out.transpose(1, 2).is_contiguous()
     assert all(g.transpose(1, 2).is_contiguous() for g in grads)
 
 

@@ -217,7 +217,7 @@ class ForwardRunner {
         pack_transposed<In>(task_.k, b, h, layout_, scale, kt + head * kt_size);
         pack_rows<In>(task_.v, b, h, shape_.kv_len, layout_, T(1), v + head * v_size);
       }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
       for (int64_t item = 0; item < heads * blocks; ++item) {
         const int64_t head = item / blocks;
         const int64_t i0 = (item % blocks) * kForwardQueryBlock;

@@ -9,8 +9,10 @@
       FlashAttention-2's backward: P recomputed from lse, dS = P * (dP - rowsum(dO * O)).
 The kernels (csrc/common/attention.h) never form the T x T matrix. Inputs may be any strided views
 with a contiguous last dimension (q = qkv.view(B, T, 3, H, Dh)[:, :, 0].transpose(1, 2) is read in
-place); outputs and gradients are (B, H, T, Dh) tensors laid out as (B, T, H, Dh) in memory, so
-that out.transpose(1, 2).reshape(B, T, H * Dh) (the output projection's input) is a view.
+place). Each result is laid out like its input (B, H, T in the order of the input's strides): with
+q, k, v from a fused qkv projection the output lies as (B, T, H, Dh), so the output projection's
+out.transpose(1, 2).reshape(B, T, H * Dh) is a view, and the gradients lie like the projection's
+output; with contiguous inputs every result is contiguous (a leaf's .grad is taken without a copy).
 Tensors on a device without a compiled kernel take a pure-PyTorch path, in query chunks.
 """
 from __future__ import annotations
@@ -31,10 +33,14 @@ MAX_HEAD_DIM = 128  # csrc/common/attention.h kAttentionMaxHeadDim
 _FALLBACK_SCORES = 1 << 24  # score elements per query chunk of the pure-PyTorch path
 
 
-def _token_major(q: Tensor, length: int) -> Tensor:
-    """An uninitialised (B, H, length, Dh) tensor like q, stored as (B, length, H, Dh)."""
-    b, h, _, d = q.shape
-    return q.new_empty((b, length, h, d)).transpose(1, 2)
+def _empty_laid_out_like(t: Tensor, length: int) -> Tensor:
+    """An uninitialised (B, H, length, Dh) tensor like t whose B, H and T dimensions lie in memory in
+    the order of t's strides (ties keep B, H, T), Dh innermost: contiguous for a contiguous t, and
+    (B, T, H, Dh) for a view of a fused (B, T, 3, H, Dh) projection."""
+    order = sorted(range(3), key=lambda i: -t.stride(i))
+    sizes = (t.shape[0], t.shape[1], length)
+    stored = t.new_empty([sizes[i] for i in order] + [t.shape[3]])
+    return stored.permute(order.index(0), order.index(1), order.index(2), 3)
 
 
 def _head_spec(t: Tensor) -> tuple:
@@ -60,7 +66,7 @@ def _query_chunks(q: Tensor, k: Tensor):
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float, save_lse: bool) -> Tuple[Tensor, Optional[Tensor]]:
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
-    out = _token_major(q, q.shape[2])
+    out = _empty_laid_out_like(q, q.shape[2])
     acc = accumulate_dtype(q.dtype)
     lse = q.new_empty(q.shape[:3], dtype=acc) if save_lse else None
     if has_kernel(q):
@@ -88,7 +94,8 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Te
 
 @attention_forward.register_fake
 def _(q, k, v, scale):
-    return _token_major(q, q.shape[2]), q.new_empty(q.shape[:3], dtype=accumulate_dtype(q.dtype))
+    out = _empty_laid_out_like(_rows_contiguous(q), q.shape[2])
+    return out, q.new_empty(q.shape[:3], dtype=accumulate_dtype(q.dtype))
 
 
 @torch.library.custom_op("imm_ext::attention_inference", mutates_args=())
@@ -99,7 +106,7 @@ def attention_inference(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor
 
 @attention_inference.register_fake
 def _(q, k, v, scale):
-    return _token_major(q, q.shape[2])
+    return _empty_laid_out_like(_rows_contiguous(q), q.shape[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,10 +115,10 @@ def _(q, k, v, scale):
 @torch.library.custom_op("imm_ext::attention_backward", mutates_args=())
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        scale: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """(grad_q, grad_k, grad_v) in q's dtype, each (B, H, T, Dh) stored as (B, T, H, Dh)."""
+    """(grad_q, grad_k, grad_v) in q's dtype, each laid out like its input."""
     grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
     lse = lse.contiguous()
-    grad_q, grad_k, grad_v = _token_major(q, q.shape[2]), _token_major(q, k.shape[2]), _token_major(q, k.shape[2])
+    grad_q, grad_k, grad_v = (_empty_laid_out_like(t, t.shape[2]) for t in (q, k, v))
     if has_kernel(q):
         run_kernel(_core._C.attention_backward, q.device, *_sizes(q, k, scale), _head_spec(q), _head_spec(k),
                    _head_spec(v), _head_spec(out), _head_spec(grad_out), lse.data_ptr(), _head_spec(grad_q),
@@ -135,7 +142,8 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
 
 @attention_backward.register_fake
 def _(grad_out, q, k, v, out, lse, scale):
-    return _token_major(q, q.shape[2]), _token_major(q, k.shape[2]), _token_major(q, k.shape[2])
+    q, k, v = (_rows_contiguous(t) for t in (q, k, v))
+    return tuple(_empty_laid_out_like(t, t.shape[2]) for t in (q, k, v))
 
 
 def _attention_setup(ctx, inputs, output):
@@ -177,9 +185,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None)
     q: (B, H, Tq, Dh); k, v: (B, H, Tk, Dh), any strides with a contiguous last dimension (others
     are copied); 1 <= Dh <= 128. scale defaults to 1 / sqrt(Dh). float32, float64, bfloat16 and
     float16 (mixed dtypes are promoted); accumulation in float32 (float64 for float64). Returns
-    (B, H, Tq, Dh) in the promoted dtype, stored as (B, Tq, H, Dh) (out.transpose(1, 2) is
-    contiguous). Differentiable in q, k and v; when none requires grad (or grad mode is off) no
-    log-sum-exp is kept.
+    (B, H, Tq, Dh) in the promoted dtype, laid out like q (out.transpose(1, 2) is contiguous when
+    q is a view of a fused (B, T, 3, H, Dh) projection). Differentiable in q, k and v (first order);
+    when none requires grad (or grad mode is off) no log-sum-exp is kept.
     """
     _check_heads("q", q)
     _check_heads("k", k, like=q)
