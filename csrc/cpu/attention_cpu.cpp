@@ -15,8 +15,9 @@
 // V^T in panels, K and V with Dh padded to a whole number of vectors (72 -> 80 with AVX-512), K
 // pre-multiplied by the scale. Packing costs O(T Dh) per head against O(T^2 Dh) of products.
 //
-// Forward: parallel over (batch, head, block of queries); kRows query rows at a time run through
-// the keys in blocks with the online-softmax update, their output rows in a local tile.
+// Forward: parallel over heads (cut into query ranges when there are fewer heads than threads can
+// share); kRows query rows at a time run through the keys in blocks with the online-softmax update,
+// their output rows in a local tile.
 // Backward: parallel over (batch, head); per head, key blocks outer and query blocks inner, dK and
 // dV of the key block in local tiles, dQ in a per-head buffer: deterministic, no atomics.
 #include <omp.h>
@@ -39,7 +40,7 @@ namespace {
 constexpr int kRows = 6;
 constexpr int kVectors = IMM_CPU_VECTOR_BYTES == 64 ? 4 : 2;
 constexpr int64_t kForwardKeyBlock = 256;   // keys per online-softmax step
-constexpr int64_t kForwardQueryBlock = 8 * kRows;  // queries per forward work item
+constexpr int64_t kItemsPerThread = 4;      // forward work items per thread, at least (load balance)
 constexpr int64_t kBackwardKeyBlock = 64;   // keys whose dK and dV tiles stay in cache
 constexpr int64_t kBackwardQueryBlock = 8 * kRows;  // queries per dK, dV update
 
@@ -201,30 +202,28 @@ class ForwardRunner {
   ForwardRunner(const AttentionForwardTask& task, int threads)
       : task_(task), shape_(task.shape), layout_(shape_.head_dim, shape_.kv_len), threads_(threads > 1 ? threads : 1) {}
 
+  // Work items are whole heads when there are enough of them to share among the threads, else heads
+  // cut into ranges of queries. Each item packs its head's K^T and V into per-thread scratch (which
+  // stays in L2 while its queries run) and then runs its queries kRows at a time; a head cut into n
+  // items is packed n times, O(T Dh) against O(T^2 Dh / n) of products.
   void run() {
     const int64_t heads = shape_.batch * shape_.heads;
+    const int64_t groups = ceil_div(shape_.q_len, kRows);
+    const int64_t parts = min_of(groups, ceil_div(kItemsPerThread * threads_, heads));
+    const int64_t items = heads * parts;
     const int64_t kt_size = layout_.transposed_size(), v_size = layout_.rows_size(shape_.kv_len);
-    thread_local Buffer<T> packed;
-    T* kt = packed.reserve(heads * (kt_size + v_size));
-    T* v = kt + heads * kt_size;
-    const int64_t blocks = ceil_div(shape_.q_len, kForwardQueryBlock);
     const T scale = static_cast<T>(shape_.scale);
-#pragma omp parallel num_threads(threads_) if (threads_ > 1 && heads * blocks > 1)
-    {
-#pragma omp for schedule(static)
-      for (int64_t head = 0; head < heads; ++head) {
-        const int64_t b = head / shape_.heads, h = head % shape_.heads;
-        pack_transposed<In>(task_.k, b, h, layout_, scale, kt + head * kt_size);
-        pack_rows<In>(task_.v, b, h, shape_.kv_len, layout_, T(1), v + head * v_size);
-      }
-#pragma omp for schedule(dynamic)
-      for (int64_t item = 0; item < heads * blocks; ++item) {
-        const int64_t head = item / blocks;
-        const int64_t i0 = (item % blocks) * kForwardQueryBlock;
-        const int64_t i1 = min_of(shape_.q_len, i0 + kForwardQueryBlock);
-        for (int64_t i = i0; i < i1; i += kRows)
-          query_rows(head, i, static_cast<int>(min_of(kRows, i1 - i)), kt + head * kt_size, v + head * v_size);
-      }
+#pragma omp parallel for schedule(dynamic) num_threads(threads_) if (threads_ > 1 && items > 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t head = item / parts, part = item % parts;
+      const int64_t b = head / shape_.heads, h = head % shape_.heads;
+      thread_local Buffer<T> packed;
+      T* kt = packed.reserve(kt_size + v_size);
+      T* v = kt + kt_size;
+      pack_transposed<In>(task_.k, b, h, layout_, scale, kt);
+      pack_rows<In>(task_.v, b, h, shape_.kv_len, layout_, T(1), v);
+      for (int64_t g = part * groups / parts; g < (part + 1) * groups / parts; ++g)
+        query_rows(head, g * kRows, static_cast<int>(min_of(kRows, shape_.q_len - g * kRows)), kt, v);
     }
   }
 
