@@ -20,6 +20,9 @@ Attention cases (attn-*: DiT-S/2 and DiT-XL/2 head shapes at 256 tokens, float32
 (torch.nn.functional.scaled_dot_product_attention restricted to one backend), eager
 (softmax(q k^T / sqrt(Dh)) v) and compile (torch.compile of eager); each row adds its GFLOP/s, and a
 "matmul limit" row gives the FLOPs at the rate torch.matmul reaches on the case's own Q K^T product.
+After each method's warm-up and memory calls, the attention calls (and the matmul) are timed in
+interleaved rounds, one call of each per round, so that load changes on a shared machine reach
+every method alike.
 Methods that need too much memory are skipped with a note. In sets-100k each method is first timed
 at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is
 skipped. A method that fails is reported with its error and the run goes on. Results are printed
@@ -503,24 +506,45 @@ ATTENTION_BUILDERS = {
 }
 
 
-def run_attention_method(method: str, case: AttentionCase, device: str, timing: Timing) -> MethodResult:
-    result = MethodResult(method)
+def prepare_attention_method(method: str, case: AttentionCase, device: str) -> tuple:
+    """(result, {mode: (call, reset)}) of one method after its untimed warm-up and memory calls."""
+    result, calls = MethodResult(method), {}
     try:
         inputs, weight = make_attention_inputs(case, device)
         attend = ATTENTION_BUILDERS[method](case)
     except Skip as skip:
         result.notes.append(str(skip))
-        return result
+        return result, calls
     loss = lambda q, k, v: (attend(q, k, v) * weight).sum()
     for mode in ("forward", "forward_backward"):
         try:
-            setattr(result, mode, measure(loss, inputs, mode, device, timing, warm_up=True))
+            call, reset = workload(loss, inputs, mode)
+            reset()
+            warmup_s = timed(call, device)
+            reset()
+            peak_mb, value = memory_call(call, device)
+            setattr(result, mode, Measurement(float("nan"), 0, warmup_s, peak_mb, value))
+            calls[mode] = (call, reset)
         except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
             result.notes.append(f"{mode}: {error_note(error)}")
     if method == "compile" and result.forward and result.forward_backward:
         result.notes.append(f"first call fwd / fwd+bwd {result.forward.warmup_s:.1f} s / "
                             f"{result.forward_backward.warmup_s:.1f} s (not timed; includes compilation)")
-    return result
+    return result, calls
+
+
+def time_in_rounds(calls: dict, device: str, timing: Timing) -> dict:
+    """Median ms and count of each call, timed in rounds of one call each (reset() untimed before
+    it), so that load changes on a shared machine reach every call alike."""
+    times = {key: [] for key in calls}
+    deadline = time.perf_counter() + timing.budget_s * len(calls)
+    for _ in range(timing.max_reps):
+        for key, (call, reset) in calls.items():
+            reset()
+            times[key].append(timed(call, device))
+        if time.perf_counter() > deadline:
+            break
+    return {key: (statistics.median(t) * 1e3, len(t)) for key, t in times.items()}
 
 
 def check_attention_agreement(case: AttentionCase, results: list) -> None:
@@ -538,16 +562,19 @@ def check_attention_agreement(case: AttentionCase, results: list) -> None:
             result.notes.append(f"loss {value:.6g} differs from imm_ext {reference.loss:.6g}")
 
 
-def matmul_limit(case: AttentionCase, device: str, timing: Timing) -> dict:
-    """Compute limit: the case's FLOPs at the rate torch.matmul reaches on its own Q K^T product,
-    (B*H, T, Dh) @ (B*H, Dh, T), in the same run (the backward does 2.5 times the forward's FLOPs)."""
+def matmul_call(case: AttentionCase, device: str) -> Callable[[], torch.Tensor]:
+    """torch.matmul of the case's own Q K^T product, (B*H, T, Dh) @ (B*H, Dh, T): the compute limit
+    is the case's FLOPs at its rate (the backward does 2.5 times the forward's FLOPs)."""
     (q, k, _), _ = make_attention_inputs(case, device)
     a = q.detach().flatten(0, 1)
     b = k.detach().flatten(0, 1).transpose(1, 2).contiguous()
     torch.matmul(a, b)
-    ms, _ = median_ms(lambda: torch.matmul(a, b), lambda: None, device, timing)
-    rate = case.flops / 2 / (ms / 1e3)
-    return dict(matmul_ms=ms, gflop_s=rate / 1e9, forward_ms=case.flops / rate * 1e3,
+    return lambda: torch.matmul(a, b)
+
+
+def matmul_limit(case: AttentionCase, matmul_ms: float) -> dict:
+    rate = case.flops / 2 / (matmul_ms / 1e3)
+    return dict(matmul_ms=matmul_ms, gflop_s=rate / 1e9, forward_ms=case.flops / rate * 1e3,
                 forward_backward_ms=3.5 * case.flops / rate * 1e3)
 
 
@@ -575,14 +602,23 @@ def format_attention_table(case: AttentionCase, results: list, limit: dict) -> s
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline); matmul limit row: imm_ext time / the FLOPs at "
               "torch.matmul's rate. Loss = sum(attention(q, k, v) * w); fwd under no_grad (imm_ext keeps "
-              "no log-sum-exp there). ms = median of repeated calls after untimed warm-up and memory calls."]
+              "no log-sum-exp there). ms = median of calls timed in interleaved rounds (one call of every "
+              "method per round) after untimed warm-up and memory calls."]
     return "\n".join(lines)
 
 
 def run_attention_case(case: AttentionCase, device: str, timing: Timing) -> dict:
-    results = [run_attention_method(method, case, device, timing) for method in ATTENTION_METHODS]
+    prepared = [prepare_attention_method(method, case, device) for method in ATTENTION_METHODS]
+    calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
+    calls[("matmul", "limit")] = (matmul_call(case, device), lambda: None)
+    medians = time_in_rounds(calls, device, timing)
+    results = [result for result, _ in prepared]
+    for result in results:
+        for mode in ("forward", "forward_backward"):
+            if (result.method, mode) in medians:
+                getattr(result, mode).ms, getattr(result, mode).reps = medians[(result.method, mode)]
     check_attention_agreement(case, results)
-    limit = matmul_limit(case, device, timing)
+    limit = matmul_limit(case, medians[("matmul", "limit")][0])
     print("\n" + format_attention_table(case, results, limit), flush=True)
     return dict(key=case.key, title=case.title, case=asdict(case), matmul_limit=limit,
                 best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
