@@ -1,4 +1,4 @@
-"""Benchmark of the compiled kernels against the strongest baselines we can run, in two sections.
+"""Benchmark of the compiled kernels against the strongest baselines we can run, in three sections.
 
 Section "mmd": `imm_ext.mmd_loss` against PyTorch and GeomLoss/KeOps formulations of the same MMD.
 For each case (IMM's per-group MMD on pixel and latent shapes, and large point sets) and each method
@@ -15,6 +15,14 @@ Methods: imm_ext (the compiled kernels), eager (imm_ext.ops.mmd_loss_reference),
 SamplesLoss with the tensorized and online (KeOps) backends (set cases only: GeomLoss takes one
 scalar blur, so IMM's per-group bandwidths cannot be expressed). IMM cases add a "copy limit" row:
 the memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run.
+Section "attention": cases attn-* (DiT-S/2 and DiT-XL/2 head shapes at 256 tokens, float32 and
+bfloat16, and 1024 tokens) time loss = sum(attention(q, k, v) * w) with methods imm_ext, sdpa-flash and sdpa-math
+(torch.nn.functional.scaled_dot_product_attention restricted to one backend), eager
+(softmax(q k^T / sqrt(Dh)) v) and compile (torch.compile of eager); each row adds its GFLOP/s, and a
+"matmul limit" row gives the FLOPs at the rate torch.matmul reaches on the case's own Q K^T product.
+After each method's warm-up and memory calls, the attention calls (and the matmul) are timed in
+interleaved rounds, one call of each per round, so that load changes on a shared machine reach
+every method alike.
 Methods that need too much memory are skipped with a note. In sets-100k each method is first timed
 at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is
 skipped. A method that fails is reported with its error and the run goes on.
@@ -28,11 +36,11 @@ x + gate[:, None] * y; the reference embeddings of imm_ext.ops) and torch.compil
 Results are printed as markdown tables and written as JSON (with the machine description and load
 average) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
 
-    python bench/kernels.py [--device cpu|cuda] [--quick] [--section all|mmd|conditioning]
-        [--cases imm-pixel,sets-d3,dit-s2] [--out PATH] [--max-call-s 120]
+    python bench/kernels.py [--device cpu|cuda] [--quick] [--section all|mmd|conditioning|attention]
+        [--cases imm-pixel,sets-d3,dit-s2,attn-dit-s] [--out PATH] [--max-call-s 120]
 
---quick: fewer repetitions and no sets-100k case (about 2-3 minutes on an idle 2-core CPU; the full
-run takes about 10-15 minutes there, most of it in sets-100k).
+--quick: fewer repetitions and no sets-100k or attn-1024 case (about 2-3 minutes on an idle 2-core
+CPU; the full run takes about 10-15 minutes there, most of it in sets-100k).
 """
 from __future__ import annotations
 
@@ -316,19 +324,20 @@ def memory_call(fn: Callable[[], object], device: str) -> tuple:
     return (max(peak, rss_bytes()) - before) / 2**20, scalar_value(out)
 
 
-def workload(loss: Loss, x, y, mode: str):
-    """(call, reset) for one mode: forward under no_grad, or forward + backward."""
+def workload(loss: Callable[..., torch.Tensor], inputs: tuple, mode: str):
+    """(call, reset) of loss(*inputs) for one mode: forward under no_grad, or forward + backward."""
     if mode == "forward":
         def call():
             with torch.no_grad():
-                return loss(x, y)
+                return loss(*inputs)
         return call, lambda: None
 
     def reset():
-        x.grad = y.grad = None
+        for leaf in inputs:
+            leaf.grad = None
 
     def call():
-        out = loss(x, y)
+        out = loss(*inputs)
         out.backward()
         return out
     return call, reset
@@ -354,7 +363,7 @@ def probe_call_s(loss: Loss, case: Case, device: str) -> float:
     Its untimed first calls build the code of both modes (the warm-up of the full-size runs)."""
     x, y, _ = make_inputs(case, device, case.probe_n, case.probe_n)
     for mode in ("forward", "forward_backward"):
-        call, reset = workload(loss, x, y, mode)
+        call, reset = workload(loss, (x, y), mode)
         reset()
         call()
     reset()
@@ -380,7 +389,7 @@ def run_method(method: str, case: Case, device: str, timing: Timing, max_call_s:
     for mode in ("forward", "forward_backward"):
         try:
             warm_up = not case.probe_n  # a probe has already warmed the method up
-            setattr(result, mode, measure(*workload(loss, x, y, mode), device, timing, warm_up))
+            setattr(result, mode, measure(*workload(loss, (x, y), mode), device, timing, warm_up))
         except Exception as error:  # noqa: BLE001
             result.notes.append(f"{mode}: {error_note(error)}")
     if method in COMPILING_METHODS:
@@ -527,6 +536,208 @@ def run_conditioning(op: str, case: ConditioningCase, device: str, timing: Timin
 
 
 # ---------------------------------------------------------------------------------------------
+# Attention cases: imm_ext.ops.attention against scaled_dot_product_attention and eager softmax
+
+@dataclass(frozen=True)
+class AttentionCase:
+    key: str
+    title: str
+    batch: int
+    heads: int
+    seq: int
+    head_dim: int
+    dtype: str = "float32"
+    full_only: bool = False
+
+    @property
+    def flops(self) -> float:
+        """Forward FLOPs: Q K^T and P V, 2 * B * H * T^2 * Dh each (the backward does 2.5 times this)."""
+        return 4.0 * self.batch * self.heads * self.seq**2 * self.head_dim
+
+    @property
+    def matrix_bytes(self) -> float:
+        return self.batch * self.heads * self.seq**2 * getattr(torch, self.dtype).itemsize
+
+
+ATTENTION_CASES = (
+    AttentionCase("attn-dit-s", "attention, DiT-S/2 at 256 tokens: B=8, H=6, T=256, Dh=64", 8, 6, 256, 64),
+    AttentionCase("attn-dit-xl", "attention, DiT-XL/2 at 256 tokens: B=2, H=16, T=256, Dh=72", 2, 16, 256, 72),
+    AttentionCase("attn-dit-s-bf16", "attention, DiT-S/2 at 256 tokens, bfloat16: B=8, H=6, T=256, Dh=64",
+                  8, 6, 256, 64, "bfloat16"),
+    AttentionCase("attn-1024", "attention, 1024 tokens: B=1, H=6, T=1024, Dh=64", 1, 6, 1024, 64, full_only=True),
+)
+ATTENTION_METHODS = ("imm_ext", "sdpa-flash", "sdpa-math", "eager", "compile")
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_attention_inputs(case: AttentionCase, device: str):
+    """Seeded q, k, v (fresh leaves, (B, H, T, Dh)) and a fixed output weight w: the timed loss is
+    sum(attention(q, k, v) * w), so that the backward starts from a dense random gradient."""
+    torch.manual_seed(0)
+    shape, dtype = (case.batch, case.heads, case.seq, case.head_dim), getattr(torch, case.dtype)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3))
+    return (q, k, v), torch.randn(shape, device=device, dtype=dtype)
+
+
+def eager_attention(q, k, v):
+    return torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+def sdpa_builder(backend: str) -> Callable[[AttentionCase], Attend]:
+    def build(case: AttentionCase) -> Attend:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        chosen = getattr(SDPBackend, backend)
+
+        def attend(q, k, v):
+            with sdpa_kernel(chosen):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return attend
+
+    return build
+
+
+def build_eager_attention(case: AttentionCase) -> Attend:
+    require_memory(3 * case.matrix_bytes, "T x T")
+    return eager_attention
+
+
+def build_compiled_attention(case: AttentionCase) -> Attend:
+    require_memory(3 * case.matrix_bytes, "T x T")
+    torch._dynamo.reset()
+    return torch.compile(eager_attention, dynamic=False)
+
+
+ATTENTION_BUILDERS = {
+    "imm_ext": lambda case: imm_ext.ops.attention,
+    "sdpa-flash": sdpa_builder("FLASH_ATTENTION"),
+    "sdpa-math": sdpa_builder("MATH"),
+    "eager": build_eager_attention,
+    "compile": build_compiled_attention,
+}
+
+
+def prepare_attention_method(method: str, case: AttentionCase, device: str) -> tuple:
+    """(result, {mode: (call, reset)}) of one method after its untimed warm-up and memory calls."""
+    result, calls = MethodResult(method), {}
+    try:
+        inputs, weight = make_attention_inputs(case, device)
+        attend = ATTENTION_BUILDERS[method](case)
+    except Skip as skip:
+        result.notes.append(str(skip))
+        return result, calls
+    loss = lambda q, k, v: (attend(q, k, v) * weight).sum()
+    for mode in ("forward", "forward_backward"):
+        try:
+            call, reset = workload(loss, inputs, mode)
+            reset()
+            warmup_s = timed(call, device)
+            reset()
+            peak_mb, value = memory_call(call, device)
+            setattr(result, mode, Measurement(float("nan"), 0, warmup_s, peak_mb, value))
+            calls[mode] = (call, reset)
+        except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
+            result.notes.append(f"{mode}: {error_note(error)}")
+    if method == "compile" and result.forward and result.forward_backward:
+        result.notes.append(f"first call fwd / fwd+bwd {result.forward.warmup_s:.1f} s / "
+                            f"{result.forward_backward.warmup_s:.1f} s (not timed; includes compilation)")
+    return result, calls
+
+
+def time_in_rounds(calls: dict, device: str, timing: Timing) -> dict:
+    """Median ms and count of each call, timed in rounds of one call each (reset() untimed before
+    it), so that load changes on a shared machine reach every call alike."""
+    times = {key: [] for key in calls}
+    deadline = time.perf_counter() + timing.budget_s * len(calls)
+    for _ in range(timing.max_reps):
+        for key, (call, reset) in calls.items():
+            reset()
+            times[key].append(timed(call, device))
+        if time.perf_counter() > deadline:
+            break
+    return {key: (statistics.median(t) * 1e3, len(t)) for key, t in times.items()}
+
+
+def check_attention_agreement(case: AttentionCase, results: list) -> None:
+    """Note a method whose loss sum(out * w) differs from imm_ext's beyond rounding: the sum of
+    B*H*T*Dh products of O(1) terms, compared with a tolerance that grows like its square root."""
+    reference = next((r.forward for r in results if r.method == "imm_ext"), None)
+    if reference is None:
+        return
+    relative = 1e-3 if case.dtype == "float32" else 2e-2
+    scale = math.sqrt(case.batch * case.heads * case.seq * case.head_dim)
+    for result in results:
+        value = result.forward.loss if result.forward else None
+        if result.method != "imm_ext" and value is not None and not math.isclose(
+                value, reference.loss, rel_tol=relative, abs_tol=relative * scale):
+            result.notes.append(f"loss {value:.6g} differs from imm_ext {reference.loss:.6g}")
+
+
+def matmul_call(case: AttentionCase, device: str) -> Callable[[], torch.Tensor]:
+    """torch.matmul of the case's own Q K^T product, (B*H, T, Dh) @ (B*H, Dh, T): the compute limit
+    is the case's FLOPs at its rate (the backward does 2.5 times the forward's FLOPs)."""
+    (q, k, _), _ = make_attention_inputs(case, device)
+    a = q.detach().flatten(0, 1)
+    b = k.detach().flatten(0, 1).transpose(1, 2).contiguous()
+    torch.matmul(a, b)
+    return lambda: torch.matmul(a, b)
+
+
+def matmul_limit(case: AttentionCase, matmul_ms: float) -> dict:
+    rate = case.flops / 2 / (matmul_ms / 1e3)
+    return dict(matmul_ms=matmul_ms, gflop_s=rate / 1e9, forward_ms=case.flops / rate * 1e3,
+                forward_backward_ms=3.5 * case.flops / rate * 1e3)
+
+
+def format_attention_table(case: AttentionCase, results: list, limit: dict) -> str:
+    header = ("| method | fwd ms | fwd ratio | fwd GFLOP/s | fwd peak extra MB | fwd+bwd ms | fwd+bwd ratio "
+              "| fwd+bwd GFLOP/s | fwd+bwd peak extra MB | notes |")
+    lines = [f"### {case.title} ({case.dtype})", "", header, "|" + "---|" * 10]
+    imm = next((r for r in results if r.method == "imm_ext"), None)
+    bests = {mode: best_baseline(results, mode) for mode in ("forward", "forward_backward")}
+    flops = {"forward": case.flops, "forward_backward": 3.5 * case.flops}
+    for result in results:
+        cells = [result.method]
+        for mode in ("forward", "forward_backward"):
+            ms_cell, ratio, peak = mode_cells(result, mode, getattr(imm, mode) if imm else None, bests[mode])
+            m = getattr(result, mode)
+            cells += [ms_cell, ratio, f"{flops[mode] / m.ms / 1e6:.1f}" if m else "-", peak]
+        lines.append("| " + " | ".join(cells + ["; ".join(result.notes)]) + " |")
+    cells = ["matmul limit"]
+    for mode in ("forward", "forward_backward"):
+        imm_m = getattr(imm, mode) if imm else None
+        cells += [format_ms(limit[mode + "_ms"]), f"{imm_m.ms / limit[mode + '_ms']:.2f}" if imm_m else "-",
+                  f"{limit['gflop_s']:.1f}", "-"]
+    lines.append("| " + " | ".join(cells) + f" | torch.matmul of the case's Q K^T, (B*H, T, Dh) @ (B*H, Dh, T): "
+                 f"{limit['matmul_ms']:.3f} ms; FLOPs fwd 4*B*H*T^2*Dh, fwd+bwd 3.5 times that |")
+    lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
+              "time / best baseline (* = best baseline); matmul limit row: imm_ext time / the FLOPs at "
+              "torch.matmul's rate. Loss = sum(attention(q, k, v) * w); fwd under no_grad (imm_ext keeps "
+              "no log-sum-exp there). ms = median of calls timed in interleaved rounds (one call of every "
+              "method per round) after untimed warm-up and memory calls."]
+    return "\n".join(lines)
+
+
+def run_attention_case(case: AttentionCase, device: str, timing: Timing) -> dict:
+    prepared = [prepare_attention_method(method, case, device) for method in ATTENTION_METHODS]
+    calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
+    calls[("matmul", "limit")] = (matmul_call(case, device), lambda: None)
+    medians = time_in_rounds(calls, device, timing)
+    results = [result for result, _ in prepared]
+    for result in results:
+        for mode in ("forward", "forward_backward"):
+            if (result.method, mode) in medians:
+                getattr(result, mode).ms, getattr(result, mode).reps = medians[(result.method, mode)]
+    check_attention_agreement(case, results)
+    limit = matmul_limit(case, medians[("matmul", "limit")][0])
+    print("\n" + format_attention_table(case, results, limit), flush=True)
+    return dict(key=case.key, title=case.title, case=asdict(case), matmul_limit=limit,
+                best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
+                               for mode in ("forward", "forward_backward")},
+                results=[asdict(r) for r in results])
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 def best_baseline(results: list, mode: str) -> Optional[MethodResult]:
@@ -646,11 +857,12 @@ def machine_line(info: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no sets-100k")
-    parser.add_argument("--section", choices=("all", "mmd", "conditioning"), default="all",
-                        help="mmd: imm_ext.mmd_loss; conditioning: the DiT block's fused ops (default: both)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no sets-100k, no attn-1024")
+    parser.add_argument("--section", choices=("all", "mmd", "conditioning", "attention"), default="all",
+                        help="mmd: imm_ext.mmd_loss; conditioning: the DiT block's fused conditioning ops; "
+                             "attention: imm_ext.ops.attention (default: all three)")
     parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(
-        c.key for c in CASES + CONDITIONING_CASES))
+        c.key for c in CASES + ATTENTION_CASES + CONDITIONING_CASES))
     parser.add_argument("--out", type=Path,
                         help="JSON path (default bench/results/kernels-<device>[-quick]-<time>.json)")
     parser.add_argument("--max-call-s", type=float, default=120.0,
@@ -660,7 +872,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "--device cuda: no CUDA GPU is available to torch "
                        "(torch.cuda.is_available() is False)\n")
-    keys = [c.key for c in CASES + CONDITIONING_CASES]
+    keys = [c.key for c in CASES + ATTENTION_CASES + CONDITIONING_CASES]
     args.case_keys = args.cases.split(",") if args.cases else keys
     unknown = set(args.case_keys) - set(keys)
     if unknown:
@@ -675,11 +887,15 @@ def main(argv=None) -> None:
     print(machine_line(info), flush=True)
     report = dict(machine=info, quick=args.quick, started=datetime.now().isoformat(timespec="seconds"),
                   cases=[], conditioning=[])
-    for case in CASES:
-        if args.section == "conditioning" or case.key not in args.case_keys:
+    for case in CASES + ATTENTION_CASES:
+        section = "attention" if isinstance(case, AttentionCase) else "mmd"
+        if args.section not in ("all", section) or case.key not in args.case_keys:
             continue
         if args.quick and case.full_only:
             print(f"\n### {case.title}: skipped under --quick", flush=True)
+            continue
+        if isinstance(case, AttentionCase):
+            report["cases"].append(run_attention_case(case, args.device, timing))
             continue
         results = [run_method(method, case, args.device, timing, args.max_call_s) for method in METHODS]
         check_agreement(results)
@@ -690,7 +906,7 @@ def main(argv=None) -> None:
                                                    for mode in ("forward", "forward_backward")},
                                     results=[asdict(r) for r in results]))
     for case in CONDITIONING_CASES:
-        if args.section == "mmd" or case.key not in args.case_keys:
+        if args.section not in ("all", "conditioning") or case.key not in args.case_keys:
             continue
         per_op = {op: run_conditioning(op, case, args.device, timing) for op in CONDITIONING_OPS}
         print("\n" + format_conditioning_table(case, per_op), flush=True)

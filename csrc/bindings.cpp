@@ -12,11 +12,13 @@
 #include <tuple>
 #include <vector>
 
+#include "common/attention.h"
 #include "common/pair_task.h"
 #include "cpu/conditioning_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_WITH_CUDA)
+#include "cuda/attention_cuda.h"
 #include "cuda/conditioning_cuda.h"
 #include "cuda/interpolant_cuda.h"
 #include "cuda/pairwise_cuda.h"
@@ -284,6 +286,88 @@ void timestep_embedding_backward(int grad_dtype, int64_t rows, int64_t dim, doub
   (void)stream;
 }
 
+// ---- attention (csrc/common/attention.h) ------------------------------------------------------
+
+// (data pointer, stride_b, stride_h, stride_t) of a (B, H, T, Dh) tensor with a contiguous last dim.
+using HeadSpec = std::tuple<std::uintptr_t, int64_t, int64_t, int64_t>;
+
+imm::HeadTensor head_tensor(const HeadSpec& spec) {
+  imm::HeadTensor t;
+  t.data = reinterpret_cast<void*>(std::get<0>(spec));
+  t.stride_b = std::get<1>(spec);
+  t.stride_h = std::get<2>(spec);
+  t.stride_t = std::get<3>(spec);
+  return t;
+}
+
+imm::AttentionShape attention_shape(int dtype, int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len,
+                                    int64_t head_dim, double scale, const char* name) {
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument(std::string(name) + ": dtype code out of range");
+  if (batch < 1 || heads < 1 || q_len < 1 || kv_len < 1 || head_dim < 1 || head_dim > imm::kAttentionMaxHeadDim)
+    throw std::invalid_argument(std::string(name) + ": bad sizes");
+  imm::AttentionShape shape;
+  shape.dtype = static_cast<imm::DType>(dtype);
+  shape.batch = batch;
+  shape.heads = heads;
+  shape.q_len = q_len;
+  shape.kv_len = kv_len;
+  shape.head_dim = head_dim;
+  shape.scale = scale;
+  return shape;
+}
+
+// out = softmax(q k^T * scale) v, and lse when lse != 0; see csrc/common/attention.h.
+void attention_forward(int dtype, int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len, int64_t head_dim,
+                       double scale, const HeadSpec& q, const HeadSpec& k, const HeadSpec& v, const HeadSpec& out,
+                       std::uintptr_t lse, const std::string& device, std::uintptr_t stream, int threads) {
+  check_device(device, "attention_forward");
+  imm::AttentionForwardTask task;
+  task.shape = attention_shape(dtype, batch, heads, q_len, kv_len, head_dim, scale, "attention_forward");
+  task.q = head_tensor(q);
+  task.k = head_tensor(k);
+  task.v = head_tensor(v);
+  task.out = head_tensor(out);
+  task.lse = reinterpret_cast<void*>(lse);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    imm::cpu::attention_forward(task, threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::attention_forward(task, stream);
+#endif
+  }
+  (void)stream;
+}
+
+// grad_q, grad_k, grad_v of attention_forward; see csrc/common/attention.h.
+void attention_backward(int dtype, int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len, int64_t head_dim,
+                        double scale, const HeadSpec& q, const HeadSpec& k, const HeadSpec& v, const HeadSpec& out,
+                        const HeadSpec& grad_out, std::uintptr_t lse, const HeadSpec& grad_q, const HeadSpec& grad_k,
+                        const HeadSpec& grad_v, const std::string& device, std::uintptr_t stream, int threads) {
+  check_device(device, "attention_backward");
+  if (lse == 0) throw std::invalid_argument("attention_backward: lse is required");
+  imm::AttentionBackwardTask task;
+  task.shape = attention_shape(dtype, batch, heads, q_len, kv_len, head_dim, scale, "attention_backward");
+  task.q = head_tensor(q);
+  task.k = head_tensor(k);
+  task.v = head_tensor(v);
+  task.out = head_tensor(out);
+  task.grad_out = head_tensor(grad_out);
+  task.lse = reinterpret_cast<const void*>(lse);
+  task.grad_q = head_tensor(grad_q);
+  task.grad_k = head_tensor(grad_k);
+  task.grad_v = head_tensor(grad_v);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    imm::cpu::attention_backward(task, threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::attention_backward(task, stream);
+#endif
+  }
+  (void)stream;
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = IMM_EXT_VERSION;
@@ -311,7 +395,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "imm_ext compiled core: pairwise, interpolant and conditioning kernels on raw pointers (CPU and CUDA)";
+  m.doc() = "imm_ext compiled core: pairwise, interpolant, conditioning and attention kernels on raw pointers (CPU and CUDA)";
   m.def("pair_task", &pair_task, "Run one PairTask (see csrc/common/pair_task.h)", py::arg("mode"),
         py::arg("dtype"), py::arg("kind"), py::arg("groups"), py::arg("dim"), py::arg("rows"),
         py::arg("n_rows"), py::arg("sets"), py::arg("bandwidth"), py::arg("num_bandwidths"),
@@ -351,6 +435,15 @@ PYBIND11_MODULE(_C, m) {
         "d loss / d c of the sinusoidal embedding (csrc/common/conditioning.h)", py::arg("grad_dtype"),
         py::arg("rows"), py::arg("dim"), py::arg("log_max_period"), py::arg("c"), py::arg("grad"),
         py::arg("grad_c"), py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("attention_forward", &attention_forward, "Fused attention forward (csrc/common/attention.h)",
+        py::arg("dtype"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("kv_len"),
+        py::arg("head_dim"), py::arg("scale"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("attention_backward", &attention_backward, "Fused attention backward (csrc/common/attention.h)",
+        py::arg("dtype"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("kv_len"),
+        py::arg("head_dim"), py::arg("scale"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("grad_out"), py::arg("lse"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"),
+        py::arg("device"), py::arg("stream"), py::arg("threads"));
   m.def("build_info", &build_info, "How this module was built");
 #if defined(IMM_EXT_WITH_CUDA)
   m.attr("with_cuda") = true;

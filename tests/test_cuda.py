@@ -188,3 +188,72 @@ def test_conditioning_cuda_deterministic_opcheck_compile_and_stream():
     torch.library.opcheck(ops.gate_residual_op, (x.detach(), shift.requires_grad_(), cotangent))
     torch.library.opcheck(ops.timestep_embedding_op, (torch.rand(5, device="cuda", dtype=torch.float64)
                                                       .requires_grad_(), 9, 10_000.0, torch.bfloat16))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused attention
+
+ATTENTION_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 8), (2, 2, 33, 70, 72), (1, 2, 130, 257, 64),
+                    (1, 1, 300, 50, 128), (2, 1, 17, 300, 80), (1, 2, 40, 40, 96), (1, 1, 65, 33, 33)]
+
+
+def _attention_inputs(b, h, tq, tk, d, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    make = lambda t: torch.randn(b, h, t, d, generator=gen, dtype=torch.float64).to(dtype)
+    return make(tq), make(tk), make(tk), make(tq)
+
+
+def _attention_values_and_grads(q, k, v, grad_out, device):
+    q, k, v = (t.to(device).requires_grad_() for t in (q, k, v))
+    out = imm_ext.ops.attention(q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(device))
+    return [t.detach().cpu() for t in (out, *grads)]
+
+
+def _assert_attention_close(got, want):
+    for a, b in zip(got, want):
+        if a.dtype in (torch.float64, torch.float32):
+            torch.testing.assert_close(a, b, **TOLERANCE[a.dtype])
+        else:  # both sides round to 16 bits once: allow a rounding step relative to the largest entry
+            relative = 2e-2 if a.dtype == torch.bfloat16 else 4e-3
+            torch.testing.assert_close(a.double(), b.double(), rtol=relative,
+                                       atol=relative * (float(b.abs().max()) + 1e-3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+def test_attention_cuda_matches_cpu(dtype, shape):
+    q, k, v, grad_out = _attention_inputs(*shape, dtype, seed=shape[3])
+    _assert_attention_close(_attention_values_and_grads(q, k, v, grad_out, "cuda"),
+                            _attention_values_and_grads(q, k, v, grad_out, "cpu"))
+
+
+def test_attention_cuda_strided_views_inference_and_determinism():
+    b, t, h, d = 2, 45, 3, 72
+    qkv = torch.randn(b, t, 3, h, d, device="cuda")
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    grad_out = torch.randn(b, h, t, d)
+    got = _attention_values_and_grads(q, k, v, grad_out, "cuda")
+    _assert_attention_close(got, _attention_values_and_grads(q.cpu(), k.cpu(), v.cpu(), grad_out, "cpu"))
+    again = _attention_values_and_grads(q, k, v, grad_out, "cuda")
+    assert all(torch.equal(a, b) for a, b in zip(got, again)), "the backward must be deterministic"
+    with torch.no_grad():
+        torch.testing.assert_close(imm_ext.ops.attention(q, k, v).cpu(), got[0], rtol=0, atol=0)
+
+
+def test_attention_cuda_opcheck_compile_and_stream():
+    from imm_ext.ops import attention_ops
+
+    q, k, v, _ = _attention_inputs(2, 2, 37, 41, 64, torch.float32)
+    q, k, v = q.cuda(), k.cuda(), v.cuda()
+    torch.library.opcheck(attention_ops.attention_forward,
+                          (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_(), 0.3))
+    out, lse = attention_ops.attention_forward(q, k, v, 0.3)
+    torch.library.opcheck(attention_ops.attention_backward, (torch.randn_like(out), q, k, v, out, lse, 0.3))
+    fn = torch.compile(lambda a, b, c: imm_ext.ops.attention(a, b, c).square().sum(), fullgraph=True)
+    torch.testing.assert_close(fn(q, k, v), imm_ext.ops.attention(q, k, v).square().sum())
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        on_stream = imm_ext.ops.attention(q, k, v)
+    stream.synchronize()
+    torch.testing.assert_close(on_stream, imm_ext.ops.attention(q, k, v), rtol=0, atol=0)

@@ -1,56 +1,67 @@
-// Run-time choice among the per-instruction-set builds of cpu/pairwise_cpu.cpp and
-// cpu/conditioning_cpu.cpp.
+// Run-time choice among the per-instruction-set builds of the CPU kernels (cpu/pairwise_cpu.cpp,
+// cpu/conditioning_cpu.cpp, cpu/attention_cpu.cpp): one table of entry points per build, the widest
+// supported one chosen once.
 #include "dispatch.h"
 
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 
 #include "conditioning_cpu.h"
 #include "memory_hints.h"
 
+// The entry points every per-ISA build defines, declared in its namespace.
+#define IMM_CPU_DECLARE_ENTRY_POINTS(isa)                                        \
+  namespace isa {                                                                \
+  void run_pair_task(const PairTask& task, int threads);                         \
+  void attention_forward(const AttentionForwardTask& task, int threads);         \
+  void attention_backward(const AttentionBackwardTask& task, int threads);       \
+  const ConditioningKernels& conditioning_kernels();                             \
+  }
+#define IMM_CPU_ENTRY_POINTS(isa) \
+  EntryPoints { isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::conditioning_kernels, #isa }
+
 namespace imm::cpu {
 
-namespace baseline {
-void run_pair_task(const PairTask& task, int threads);
-const ConditioningKernels& conditioning_kernels();
-}  // namespace baseline
+IMM_CPU_DECLARE_ENTRY_POINTS(baseline)
 #if defined(IMM_CPU_HAS_AVX2)
-namespace avx2 {
-void run_pair_task(const PairTask& task, int threads);
-const ConditioningKernels& conditioning_kernels();
-}  // namespace avx2
+IMM_CPU_DECLARE_ENTRY_POINTS(avx2)
 #endif
 #if defined(IMM_CPU_HAS_AVX512)
-namespace avx512 {
-void run_pair_task(const PairTask& task, int threads);
-const ConditioningKernels& conditioning_kernels();
-}  // namespace avx512
+IMM_CPU_DECLARE_ENTRY_POINTS(avx512)
 #endif
 
 namespace {
-using Runner = void (*)(const PairTask&, int);
 
-struct Choice {
-  Runner run;
-  const ConditioningKernels& (*conditioning)();
+struct EntryPoints {
+  void (*run_pair_task)(const PairTask&, int);
+  void (*attention_forward)(const AttentionForwardTask&, int);
+  void (*attention_backward)(const AttentionBackwardTask&, int);
+  const ConditioningKernels& (*conditioning_kernels)();
   const char* name;
 };
 
-Choice choose() {
+// The widest build this processor runs, capped by the environment variable IMM_EXT_CPU_ISA when it
+// names a narrower one ("avx2" or "baseline"), so that tests can exercise every build on one machine.
+EntryPoints choose() {
+  const char* cap = std::getenv("IMM_EXT_CPU_ISA");
+  const bool baseline_only = cap != nullptr && std::strcmp(cap, "baseline") == 0;
+  const bool up_to_avx2 = baseline_only || (cap != nullptr && std::strcmp(cap, "avx2") == 0);
 #if defined(IMM_CPU_HAS_AVX512)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  if (!up_to_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return {avx512::run_pair_task, avx512::conditioning_kernels, "avx512"};
+    return IMM_CPU_ENTRY_POINTS(avx512);
 #endif
 #if defined(IMM_CPU_HAS_AVX2)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {avx2::run_pair_task, avx2::conditioning_kernels, "avx2"};
+  if (!baseline_only && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return IMM_CPU_ENTRY_POINTS(avx2);
 #endif
-  return {baseline::run_pair_task, baseline::conditioning_kernels, "baseline"};
+  return IMM_CPU_ENTRY_POINTS(baseline);
 }
 
-const Choice& choice() {
-  static const Choice c = choose();
-  return c;
+const EntryPoints& chosen() {
+  static const EntryPoints entry_points = choose();
+  return entry_points;
 }
 
 std::size_t output_bytes(const PairTask& task) {
@@ -67,11 +78,15 @@ std::size_t output_bytes(const PairTask& task) {
 
 void run_pair_task(const PairTask& task, int threads) {
   advise_huge_pages(task.out, output_bytes(task));
-  choice().run(task, threads);
+  chosen().run_pair_task(task, threads);
 }
 
-const ConditioningKernels& conditioning_kernels() { return choice().conditioning(); }
+void attention_forward(const AttentionForwardTask& task, int threads) { chosen().attention_forward(task, threads); }
 
-const char* selected_isa() { return choice().name; }
+void attention_backward(const AttentionBackwardTask& task, int threads) { chosen().attention_backward(task, threads); }
+
+const ConditioningKernels& conditioning_kernels() { return chosen().conditioning_kernels(); }
+
+const char* selected_isa() { return chosen().name; }
 
 }  // namespace imm::cpu

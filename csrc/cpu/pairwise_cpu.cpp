@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "../common/pair_task.h"
+#include "buffer.h"
 #include "simd.h"
 
 #ifndef IMM_CPU_ISA
@@ -35,29 +36,6 @@ constexpr int kWideCols = 4;     // columns per distance sweep (wide layout)
 constexpr int64_t kPanelChunk = 8;  // panels whose phi is kept while the gradient is accumulated
 
 inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
-
-// A heap array owned by one object (new[]/delete[] are not instantiated per ISA).
-template <class T>
-class Buffer {
- public:
-  Buffer() = default;
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { delete[] data_; }
-  T* reserve(int64_t size) {
-    if (size > size_) {
-      delete[] data_;
-      data_ = new T[size];
-      size_ = size;
-    }
-    return data_;
-  }
-  T* data() const { return data_; }
-
- private:
-  T* data_ = nullptr;
-  int64_t size_ = 0;
-};
 
 template <class In, KernelKind K_>
 class PairRunner {

@@ -26,6 +26,10 @@ struct Simd {
   }
   static void store(S* p, V v) { std::memcpy(p, &v, sizeof(V)); }
   static V zero() { return V{}; }
+  // Every lane equal to s, as one broadcast (or an FMA's embedded broadcast): s - (+0) is exactly s
+  // for every s (-0 and NaN included), so the compiler drops the subtraction. splat() of
+  // kernel_math.h computes s + (+0), which IEEE arithmetic may not drop (-0 + +0 = +0).
+  static V broadcast(S s) { return s - V{}; }
   static S sum(V v) {
     S s = S(0);
     for (int l = 0; l < lanes; ++l) s += v[l];

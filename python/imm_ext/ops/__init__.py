@@ -1,4 +1,5 @@
 """Torch-facing ops over the compiled core, and their pure-PyTorch references."""
+from .attention_ops import attention
 from .block_reference import (attention_reference, gate_residual_reference, norm_modulate_reference,
                               timestep_embedding_pair_reference)
 from .conditioning_ops import (gate_residual, norm_modulate, timestep_embedding,
@@ -8,7 +9,7 @@ from .mmd import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel
 from .reference import (interpolant_pair_reference, mmd_loss_reference, pairwise_kernel_reference,
                         sampler_step_reference)
 
-__all__ = ["MMDLoss", "mmd_loss", "mmd_terms", "mmd_loss_reference", "pairwise_kernel", "pairwise_kernel_reference",
+__all__ = ["attention", "MMDLoss", "mmd_loss", "mmd_terms", "mmd_loss_reference", "pairwise_kernel", "pairwise_kernel_reference",
            "interpolant_pair", "interpolant_pair_reference", "sampler_step", "sampler_step_reference",
            "norm_modulate", "gate_residual", "timestep_embedding", "timestep_embedding_pair",
            "attention_reference", "gate_residual_reference", "norm_modulate_reference",
