@@ -15,7 +15,8 @@ from typing import Optional
 
 import torch
 
-from ..ops.block_reference import attention_reference as _imm_ext_attention
+from ..ops.attention_ops import MAX_HEAD_DIM
+from ..ops.attention_ops import attention as _imm_ext_attention
 from ..ops.conditioning_ops import gate_residual, norm_modulate, timestep_embedding_pair
 
 ATTENTION_BACKENDS = ("auto", "imm_ext", "sdpa")
@@ -39,19 +40,24 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def resolve_attention_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend ("imm_ext" or "sdpa") that `backend` names on `device`.
+def resolve_attention_backend(backend: str, device: torch.device, head_dim: int = 64) -> str:
+    """The concrete backend ("imm_ext" or "sdpa") that `backend` names on `device` for `head_dim`.
 
-    "auto" picks SDPA on every device until the fused attention kernel is measured against it.
+    "auto" follows `python bench/kernels.py --section attention`: on the CPU imm_ext's kernel runs
+    forward + backward at 0.92-1.0x the time of SDPA's flash kernel (DiT-S/2 and XL/2 head shapes), so
+    it is chosen there for head dims it serves (<= 128); on CUDA imm_ext's kernel runs on CUDA cores,
+    not tensor cores, so SDPA (FlashAttention) is chosen.
     """
     check_attention_backend(backend)
-    return "sdpa" if backend == "auto" else backend
+    if backend != "auto":
+        return backend
+    return "imm_ext" if device.type == "cpu" and head_dim <= MAX_HEAD_DIM else "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
               backend: str = "auto") -> torch.Tensor:
     """softmax(q k^T * scale) v for q, k, v of shape (B, H, T, Dh) (strided views with a contiguous last
     dim, as split from a fused qkv projection, are fine); scale defaults to 1 / sqrt(Dh)."""
-    if resolve_attention_backend(backend, q.device) == "sdpa":
+    if resolve_attention_backend(backend, q.device, q.shape[-1]) == "sdpa":
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     return _imm_ext_attention(q, k, v, scale=scale)
