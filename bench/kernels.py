@@ -28,10 +28,12 @@ at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-cal
 skipped. A method that fails is reported with its error and the run goes on.
 
 Section "conditioning": the DiT block's fused conditioning ops (`imm_ext.ops.norm_modulate`,
-`gate_residual`, `timestep_embedding_pair`) on DiT-S/2 and DiT-XL/2 token shapes (float32), measured
-the same way (forward + backward: torch.autograd.backward of the outputs with fixed cotangents),
-against eager PyTorch as DiT writes it (F.layer_norm(x) * (1 + scale[:, None]) + shift[:, None];
-x + gate[:, None] * y; the reference embeddings of imm_ext.ops) and torch.compile of the same.
+`gate_residual`, `timestep_embedding_pair`) on DiT-S/2 and DiT-XL/2 token shapes (float32), and the
+MLP's activation `imm_ext.ops.gelu_tanh` on DiT-S/2's hidden layer (case dit-s2-mlp), measured the
+same way (forward + backward: torch.autograd.backward of the outputs with fixed cotangents), against
+eager PyTorch as DiT writes it (F.layer_norm(x) * (1 + scale[:, None]) + shift[:, None];
+x + gate[:, None] * y; the reference embeddings of imm_ext.ops; F.gelu(x, approximate="tanh")) and
+torch.compile of the same.
 
 Results are printed as markdown tables and written as JSON (with the machine description and load
 average) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
@@ -446,13 +448,15 @@ class ConditioningCase:
     key: str
     title: str
     shape: tuple  # x (B, T, C)
+    ops: tuple = ("norm_modulate", "gate_residual", "timestep_embedding_pair")
 
 
 CONDITIONING_CASES = (
     ConditioningCase("dit-s2", "DiT-S/2 block: x (8, 256, 384) float32", (8, 256, 384)),
     ConditioningCase("dit-xl2", "DiT-XL/2 width: x (32, 256, 1152) float32", (32, 256, 1152)),
+    ConditioningCase("dit-s2-mlp", "DiT-S/2 MLP hidden layer: x (8, 256, 1536) float32", (8, 256, 1536),
+                     ("gelu_tanh",)),
 )
-CONDITIONING_OPS = ("norm_modulate", "gate_residual", "timestep_embedding_pair")
 CONDITIONING_METHODS = ("imm_ext", "eager", "compile")
 EMBEDDING_DIM = 256  # DiT's frequency embedding size
 
@@ -463,6 +467,10 @@ def eager_norm_modulate(x, shift, scale):
 
 def eager_gate_residual(x, gate, y):
     return x + gate[:, None] * y
+
+
+def eager_gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
 
 
 def conditioning_problem(op: str, case: ConditioningCase, device: str):
@@ -476,6 +484,8 @@ def conditioning_problem(op: str, case: ConditioningCase, device: str):
     if op == "gate_residual":
         return ((leaf(b, t, c), leaf(b, c), leaf(b, t, c)), (torch.randn(b, t, c, device=device),),
                 eager_gate_residual, imm_ext.ops.gate_residual)
+    if op == "gelu_tanh":
+        return (leaf(b, t, c),), (torch.randn(b, t, c, device=device),), eager_gelu_tanh, imm_ext.ops.gelu_tanh
     times = (1000 * torch.rand(b, device=device, dtype=torch.float64)).requires_grad_()
     return ((times, times.detach().clone().requires_grad_()),
             tuple(torch.randn(b, EMBEDDING_DIM, device=device) for _ in range(2)),
@@ -908,7 +918,7 @@ def main(argv=None) -> None:
     for case in CONDITIONING_CASES:
         if args.section not in ("all", "conditioning") or case.key not in args.case_keys:
             continue
-        per_op = {op: run_conditioning(op, case, args.device, timing) for op in CONDITIONING_OPS}
+        per_op = {op: run_conditioning(op, case, args.device, timing) for op in case.ops}
         print("\n" + format_conditioning_table(case, per_op), flush=True)
         report["conditioning"].append(dict(
             key=case.key, title=case.title, shape=case.shape,

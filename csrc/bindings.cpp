@@ -14,10 +14,12 @@
 
 #include "common/attention.h"
 #include "common/pair_task.h"
+#include "cpu/activation_cpu.h"
 #include "cpu/conditioning_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_WITH_CUDA)
+#include "cuda/activation_cuda.h"
 #include "cuda/attention_cuda.h"
 #include "cuda/conditioning_cuda.h"
 #include "cuda/interpolant_cuda.h"
@@ -392,6 +394,46 @@ py::dict build_info() {
   return info;
 }
 
+
+// ---- fused activations (csrc/common/activation.h) ---------------------------------------------
+
+void check_count(int64_t n, const char* name) {
+  if (n < 0) throw std::invalid_argument(std::string(name) + ": bad size");
+}
+
+void gelu_tanh_forward(int dtype, int64_t n, std::uintptr_t x, std::uintptr_t out, const std::string& device,
+                       std::uintptr_t stream, int threads) {
+  const char* name = "gelu_tanh_forward";
+  const auto dt = dtype_of(dtype, name);
+  check_count(n, name);
+  check_device(device, name);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    imm::cpu::activation_kernels().gelu_tanh_forward(dt, n, in_ptr(x), out_ptr(out), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::gelu_tanh_forward(dt, n, in_ptr(x), out_ptr(out), stream);
+#endif
+  }
+  (void)stream;
+}
+
+void gelu_tanh_backward(int dtype, int64_t n, std::uintptr_t grad, std::uintptr_t x, std::uintptr_t grad_x,
+                        const std::string& device, std::uintptr_t stream, int threads) {
+  const char* name = "gelu_tanh_backward";
+  const auto dt = dtype_of(dtype, name);
+  check_count(n, name);
+  check_device(device, name);
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    imm::cpu::activation_kernels().gelu_tanh_backward(dt, n, in_ptr(grad), in_ptr(x), out_ptr(grad_x), threads);
+  } else {
+#if defined(IMM_EXT_WITH_CUDA)
+    imm::cuda::gelu_tanh_backward(dt, n, in_ptr(grad), in_ptr(x), out_ptr(grad_x), stream);
+#endif
+  }
+  (void)stream;
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -435,6 +477,12 @@ PYBIND11_MODULE(_C, m) {
         "d loss / d c of the sinusoidal embedding (csrc/common/conditioning.h)", py::arg("grad_dtype"),
         py::arg("rows"), py::arg("dim"), py::arg("log_max_period"), py::arg("c"), py::arg("grad"),
         py::arg("grad_c"), py::arg("device"), py::arg("stream"), py::arg("threads"));
+  m.def("gelu_tanh_forward", &gelu_tanh_forward, "out = gelu_tanh(x) (csrc/common/activation.h)",
+        py::arg("dtype"), py::arg("n"), py::arg("x"), py::arg("out"), py::arg("device"), py::arg("stream"),
+        py::arg("threads"));
+  m.def("gelu_tanh_backward", &gelu_tanh_backward, "grad_x = grad * gelu_tanh'(x) (csrc/common/activation.h)",
+        py::arg("dtype"), py::arg("n"), py::arg("grad"), py::arg("x"), py::arg("grad_x"), py::arg("device"),
+        py::arg("stream"), py::arg("threads"));
   m.def("attention_forward", &attention_forward, "Fused attention forward (csrc/common/attention.h)",
         py::arg("dtype"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("kv_len"),
         py::arg("head_dim"), py::arg("scale"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),

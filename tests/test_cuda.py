@@ -190,6 +190,38 @@ def test_conditioning_cuda_deterministic_opcheck_compile_and_stream():
                                                       .requires_grad_(), 9, 10_000.0, torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (3, 70, 33), (8, 256, 1536), (0, 5)])
+def test_gelu_tanh_cuda_matches_cpu(dtype, shape):
+    """Values and gradients (expf on the device, the vectorised exp on the host), saturation and
+    infinities included."""
+    x = (3 * _cond_data(shape, torch.float64, 13)).to(dtype)
+    if x.numel() > 4:
+        x.view(-1)[:4] = torch.tensor([float("inf"), -float("inf"), 1e4, -1e4], dtype=dtype)
+    cotangent = _cond_data(shape, dtype, 14)
+    cpu = _value_and_grads_on("cpu", imm_ext.ops.gelu_tanh, (x,), cotangent)
+    gpu = _value_and_grads_on("cuda", imm_ext.ops.gelu_tanh, (x,), cotangent)
+    for g, w in zip(gpu, cpu):
+        torch.testing.assert_close(g, w, **COND_TOLERANCE[dtype])
+
+
+def test_gelu_tanh_cuda_opcheck_compile_and_stream():
+    from imm_ext.ops import activation_ops as ops
+
+    x, cotangent = _cond_data((4, 100, 48), torch.float32, 15).cuda(), _cond_data((4, 100, 48), torch.float32, 16)
+    first = _value_and_grads_on("cuda", imm_ext.ops.gelu_tanh, (x,), cotangent)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        on_stream = _value_and_grads_on("cuda", imm_ext.ops.gelu_tanh, (x,), cotangent)
+    stream.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(first, on_stream))
+    compiled = _value_and_grads_on("cuda", torch.compile(imm_ext.ops.gelu_tanh, fullgraph=True), (x,), cotangent)
+    for a, b in zip(compiled, first):
+        torch.testing.assert_close(a, b)
+    torch.library.opcheck(ops.gelu_tanh_op, (x.clone().requires_grad_(),))
+    torch.library.opcheck(ops.gelu_tanh_backward_op, (cotangent.cuda(), x))
+
+
 # ---------------------------------------------------------------------------------------------
 # Fused attention
 

@@ -1,5 +1,5 @@
 // Run-time choice among the per-instruction-set builds of the CPU kernels (cpu/pairwise_cpu.cpp,
-// cpu/conditioning_cpu.cpp, cpu/attention_cpu.cpp): one table of entry points per build, the widest
+// cpu/conditioning_cpu.cpp, cpu/attention_cpu.cpp, cpu/activation_cpu.cpp): one table of entry points per build, the widest
 // supported one chosen once.
 #include "dispatch.h"
 
@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "activation_cpu.h"
 #include "conditioning_cpu.h"
 #include "memory_hints.h"
 
@@ -17,9 +18,13 @@
   void attention_forward(const AttentionForwardTask& task, int threads);         \
   void attention_backward(const AttentionBackwardTask& task, int threads);       \
   const ConditioningKernels& conditioning_kernels();                             \
+  const ActivationKernels& activation_kernels();                                 \
   }
-#define IMM_CPU_ENTRY_POINTS(isa) \
-  EntryPoints { isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::conditioning_kernels, #isa }
+#define IMM_CPU_ENTRY_POINTS(isa)                                                                         \
+  EntryPoints {                                                                                           \
+    isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::conditioning_kernels,       \
+        isa::activation_kernels, #isa                                                                     \
+  }
 
 namespace imm::cpu {
 
@@ -38,6 +43,7 @@ struct EntryPoints {
   void (*attention_forward)(const AttentionForwardTask&, int);
   void (*attention_backward)(const AttentionBackwardTask&, int);
   const ConditioningKernels& (*conditioning_kernels)();
+  const ActivationKernels& (*activation_kernels)();
   const char* name;
 };
 
@@ -86,6 +92,8 @@ void attention_forward(const AttentionForwardTask& task, int threads) { chosen()
 void attention_backward(const AttentionBackwardTask& task, int threads) { chosen().attention_backward(task, threads); }
 
 const ConditioningKernels& conditioning_kernels() { return chosen().conditioning_kernels(); }
+
+const ActivationKernels& activation_kernels() { return chosen().activation_kernels(); }
 
 const char* selected_isa() { return chosen().name; }
 

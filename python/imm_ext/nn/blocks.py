@@ -45,7 +45,7 @@ class ModulatedMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def branch(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(nn.functional.gelu(self.fc1(h), approximate="tanh"))
+        return self.fc2(F.gelu_tanh(self.fc1(h)))
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         h = F.norm_modulate(x, shift, scale, norm=self.norm, eps=self.eps)

@@ -1,8 +1,9 @@
 """The one place the models' layers reach the timestep-conditioned block ops (architecture.md, family 2).
 
-Every layer in imm_ext.nn and imm_ext.models calls `norm_modulate`, `gate_residual`, `attention` and
-`timestep_embedding_pair` from here, never from imm_ext.ops directly, so that which implementation runs
-(the fused kernels, or SDPA for attention where it is faster) is decided in this file alone.
+Every layer in imm_ext.nn and imm_ext.models calls `norm_modulate`, `gate_residual`, `attention`,
+`timestep_embedding_pair` and the MLP's activation `gelu_tanh` from here, never from imm_ext.ops
+directly, so that which implementation runs (the fused kernels, or SDPA for attention where it is
+faster) is decided in this file alone.
 
 `attention` also picks the attention implementation, named by the layers' `attention_backend` option:
   * "imm_ext": imm_ext's attention op;
@@ -15,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..ops.activation_ops import gelu_tanh
 from ..ops.attention_ops import MAX_HEAD_DIM
 from ..ops.attention_ops import attention as _imm_ext_attention
 from ..ops.conditioning_ops import gate_residual, norm_modulate, timestep_embedding_pair
@@ -23,7 +25,7 @@ ATTENTION_BACKENDS = ("auto", "imm_ext", "sdpa")
 NORMS = ("layer", "rms")
 
 __all__ = ["ATTENTION_BACKENDS", "NORMS", "attention", "check_attention_backend", "check_norm", "gate_residual",
-           "norm_modulate", "resolve_attention_backend", "timestep_embedding_pair"]
+           "gelu_tanh", "norm_modulate", "resolve_attention_backend", "timestep_embedding_pair"]
 
 
 def check_attention_backend(backend: str) -> str:

@@ -4,7 +4,7 @@
 Same parameters and state-dict keys as the imm_ext layers they subclass, so weights move between the
 two with load_state_dict; the forward passes use what one would write without imm_ext:
 torch.nn.functional.layer_norm / rms_norm, `x * (1 + scale) + shift`, `x + gate * y`,
-torch.nn.functional.scaled_dot_product_attention, and the plain-PyTorch sinusoidal embeddings.
+torch.nn.functional.gelu(approximate="tanh"), torch.nn.functional.scaled_dot_product_attention, and the plain-PyTorch sinusoidal embeddings.
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ class StockModulatedAttention(ModulatedAttention):
 
 class StockModulatedMLP(ModulatedMLP):
     """ModulatedMLP computed with stock layers."""
+
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(h), approximate="tanh"))
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return x + gate.unsqueeze(1) * self.branch(stock_norm_modulate(x, shift, scale, self.norm, self.eps))

@@ -1,7 +1,8 @@
 """Torch-facing ops over the compiled core, and their pure-PyTorch references."""
+from .activation_ops import gelu_tanh
 from .attention_ops import attention
-from .block_reference import (attention_reference, gate_residual_reference, norm_modulate_reference,
-                              timestep_embedding_pair_reference)
+from .block_reference import (attention_reference, gate_residual_reference, gelu_tanh_reference,
+                              norm_modulate_reference, timestep_embedding_pair_reference)
 from .conditioning_ops import (gate_residual, norm_modulate, timestep_embedding,
                                timestep_embedding_pair)
 from .interpolant_ops import interpolant_pair, sampler_step
@@ -13,4 +14,4 @@ __all__ = ["attention", "MMDLoss", "mmd_loss", "mmd_terms", "mmd_loss_reference"
            "interpolant_pair", "interpolant_pair_reference", "sampler_step", "sampler_step_reference",
            "norm_modulate", "gate_residual", "timestep_embedding", "timestep_embedding_pair",
            "attention_reference", "gate_residual_reference", "norm_modulate_reference",
-           "timestep_embedding_pair_reference"]
+           "timestep_embedding_pair_reference", "gelu_tanh", "gelu_tanh_reference"]

@@ -1,4 +1,5 @@
-"""Pure-PyTorch references for the timestep-conditioned block ops (architecture.md, family 2).
+"""Pure-PyTorch references for the timestep-conditioned block ops (architecture.md, family 2) and the
+DiT MLP's activation.
 
 Same signatures as the compiled ops in imm_ext.ops, plain autograd, computation in the accumulation
 dtype (float64 for float64 inputs, float32 otherwise), result in the inputs' promoted dtype. The
@@ -69,3 +70,11 @@ def timestep_embedding_pair_reference(c_t: Tensor, c_s: Tensor, dim: int, max_pe
         return torch.cat(parts, dim=1).to(dtype)
 
     return embed(c_t), embed(c_s)
+
+
+def gelu_tanh_reference(x: Tensor) -> Tensor:
+    """GELU with tanh's approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written out
+    (torch.nn.functional.gelu(x, approximate="tanh")); like it, NaN at x = -inf."""
+    xa = x.to(accumulate_dtype(x.dtype))
+    inner = math.sqrt(2.0 / math.pi) * (xa + 0.044715 * xa * xa * xa)
+    return (0.5 * xa * (1.0 + torch.tanh(inner))).to(x.dtype)
