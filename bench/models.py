@@ -6,22 +6,22 @@ training step without optimizer (forward, loss = mean(G^2), backward into every 
 block, into its input). Variants, each eager and under torch.compile (dynamic=False):
   * stock:            DiT(layers="stock") / the block's stock twin: layer_norm + `x * (1 + scale) +
                       shift` + scaled_dot_product_attention + `x + gate * y` (imm_ext.nn.stock);
-  * imm_ext:          imm_ext's layers, attention_backend="auto" (what users get);
-  * imm_ext+attn:     imm_ext's layers with attention_backend="imm_ext" (imm_ext's attention op).
+  * imm_ext:          imm_ext's layers, attention_backend="auto" (what users get: imm_ext's attention
+                      on the CPU, SDPA on CUDA);
+  * imm_ext+attn:     imm_ext's layers with attention_backend="imm_ext" (imm_ext's attention op; on the
+                      CPU the same code as "imm_ext", so the spread between the two shows the noise).
 All variants share the same weights (the zero-initialised adaLN layers are given small random values
 so every branch computes something) and their outputs are checked against stock. The table gives the
 median wall time of repeated calls after two warm-up calls (which include compilation), the variants
 of one case, mode and execution timed round-robin (so that load changes on a shared machine hit all
 alike), and the speedup over stock in the same execution mode (eager or compile). A profile of the imm_ext
 training step of the whole model (torch.profiler, self CPU time per op) splits it into matrix
-multiplies (mm / addmm / bmm / convolution), attention (ops named *attention*, softmax) and the rest;
-while the block ops are the pure-PyTorch references, the reference attention's batched matmuls count
-as matrix multiplies. Results are printed as markdown and written as JSON (with the machine and its
+multiplies (mm / addmm / bmm / convolution), attention (ops named *attention*, softmax) and the rest. Results are printed as markdown and written as JSON (with the machine and its
 load average) to bench/results/models-<device>-<timestamp>.json.
 
     python bench/models.py [--device cpu|cuda] [--batch 8] [--reps 5] [--cases block,dit] [--no-compile]
 
-Target, once the fused kernels are merged: the whole DiT-S/2 training step >= 1.1x faster than stock.
+Target: the whole DiT-S/2 training step >= 1.1x faster than stock (eager) on the CPU.
 """
 from __future__ import annotations
 
