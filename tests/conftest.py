@@ -31,3 +31,14 @@ def random_sets(g, n, m, d, dtype=torch.float64, device="cpu", seed=0, batched=T
     x = (spread * torch.randn(g, n, d, generator=gen, dtype=torch.float64)).to(device=device, dtype=dtype)
     y = (spread * torch.randn(g, m, d, generator=gen, dtype=torch.float64) + 0.3).to(device=device, dtype=dtype)
     return (x, y) if batched else (x[0], y[0])
+
+
+def assert_trains_and_reads_every_input(model, x, c_t, c_s, labels, label_count):
+    """Gradients reach every parameter, and changing c_t, c_s or the labels changes G(x, c_t, c_s, labels)."""
+    model(x, c_t, c_s, labels).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        out = model(x, c_t, c_s, labels)
+        for changed in (model(x, c_t + 1, c_s, labels), model(x, c_t, c_s + 1, labels),
+                        model(x, c_t, c_s, (labels + 1) % label_count)):
+            assert not torch.allclose(out, changed)

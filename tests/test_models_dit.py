@@ -4,6 +4,7 @@ embedding, preset parameter counts (meta device) and bad input."""
 import pytest
 import torch
 
+from conftest import assert_trains_and_reads_every_input
 from imm_ext.models import DiT
 from imm_ext.models.dit import PRESETS, sincos_position_embedding
 
@@ -66,13 +67,7 @@ def test_gradients_reach_every_parameter_and_all_inputs_matter():
     model = perturb_zero_init(DiT(qk_norm=True, **TINY))
     x, c_t, c_s, labels = inputs(batch=6)
     labels = torch.arange(6)  # every class and the null class 5
-    model(x, c_t, c_s, labels).square().sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    with torch.no_grad():
-        out = model(x, c_t, c_s, labels)
-        for changed in (model(x, c_t + 1, c_s, labels), model(x, c_t, c_s + 1, labels),
-                        model(x, c_t, c_s, (labels + 1) % 6)):
-            assert not torch.allclose(out, changed)
+    assert_trains_and_reads_every_input(model, x, c_t, c_s, labels, 6)
 
 
 def test_stock_layers_give_the_same_network():

@@ -3,6 +3,7 @@ parameter, dropout, bf16 autocast, class embedding, the paper's parameter count 
 import pytest
 import torch
 
+from conftest import assert_trains_and_reads_every_input
 from imm_ext.models import UNet
 
 TINY = dict(resolution=8, in_channels=1, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
@@ -60,13 +61,7 @@ def test_gradients_reach_every_parameter_and_all_inputs_matter():
     model = perturb_output(UNet(**TINY, num_classes=4))
     x, c_t, c_s, _ = inputs(batch=5)
     labels = torch.arange(5)  # every class and the null class 4
-    model(x, c_t, c_s, labels).square().sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    with torch.no_grad():
-        out = model(x, c_t, c_s, labels)
-        for changed in (model(x, c_t + 1, c_s, labels), model(x, c_t, c_s + 1, labels),
-                        model(x, c_t, c_s, (labels + 1) % 5)):
-            assert not torch.allclose(out, changed)
+    assert_trains_and_reads_every_input(model, x, c_t, c_s, labels, 5)
 
 
 def test_dropout_acts_in_training_only():

@@ -20,6 +20,7 @@ import torch
 
 from ..ops.options import check_choice
 from .arguments import check_finite_real
+from .loss import drop_labels
 from .parametrization import IMMParametrization
 from .sampling import IMMSampler, sampling_times
 from .schedules import FlowMatchingSchedule
@@ -73,11 +74,7 @@ class FlowMatchingLoss:
         u = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
         t = self.t_min + (self.t_max - self.t_min) * u
         noise = model.sigma_data * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        if labels is not None and self.label_dropout > 0:
-            if model.null_label is None:
-                raise ValueError("label_dropout > 0 needs a model with a null_label")
-            drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, model.null_label), labels)
+        labels = drop_labels(labels, self.label_dropout, model.null_label, generator)
         t_data = t.reshape(-1, *([1] * (x.dim() - 1)))
         x_t = ((1 - t_data).to(x.dtype) * x + t_data.to(x.dtype) * noise)
         error = velocity(model, x_t, t, labels) - (noise - x)

@@ -79,11 +79,7 @@ class IMMLoss:
         groups = self._groups(x)
         t, s = self.sample_times(groups, generator, x.device)
         noise = model.sigma_data * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        if labels is not None and self.label_dropout > 0:
-            if model.null_label is None:
-                raise ValueError("label_dropout > 0 needs a model with a null_label")
-            drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, model.null_label), labels)
+        labels = drop_labels(labels, self.label_dropout, model.null_label, generator)
         return self.evaluate(model, x, noise, t, s, labels)
 
     def sample_times(self, groups: int, generator: Optional[torch.Generator] = None,
@@ -142,3 +138,15 @@ class IMMLoss:
         if x.shape[0] == 0 or x.shape[0] % self.particles:
             raise ValueError(f"the batch size ({x.shape[0]}) must be a positive multiple of particles ({self.particles})")
         return x.shape[0] // self.particles
+
+
+def drop_labels(labels: Optional[torch.Tensor], rate: float, null_label: Optional[int],
+                generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+    """Classifier-free-guidance training: each label replaced by the null class with probability
+    `rate`, one draw per sample (shared by every network pass of that sample)."""
+    if labels is None or rate <= 0:
+        return labels
+    if null_label is None:
+        raise ValueError("label_dropout > 0 needs a model with a null_label")
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < rate
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
