@@ -8,29 +8,12 @@
 
 #include "../common/activation.h"
 #include "activation_cuda.h"
+#include "launch.cuh"
 
 namespace imm::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Enough blocks to fill the device for a grid-stride loop over `total` elements.
-unsigned grid_stride_blocks(int64_t total) {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t needed = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sms) * 32)));
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("imm_ext: CUDA kernel ") + kernel +
-                             " failed to launch: " + cudaGetErrorString(err));
-}
-
-cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 template <class In>
 __global__ void gelu_tanh_forward_kernel(int64_t n, const In* __restrict__ x, In* __restrict__ out) {
@@ -55,7 +38,7 @@ void gelu_tanh_forward(DType dtype, int64_t n, const void* x, void* out, std::ui
   if (n == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    gelu_tanh_forward_kernel<In><<<grid_stride_blocks(n), kThreads, 0, as_stream(stream)>>>(
+    gelu_tanh_forward_kernel<In><<<grid_stride_blocks(n, kThreads), kThreads, 0, as_stream(stream)>>>(
         n, static_cast<const In*>(x), static_cast<In*>(out));
   });
   check_launch("gelu_tanh_forward");
@@ -65,7 +48,7 @@ void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x,
   if (n == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    gelu_tanh_backward_kernel<In><<<grid_stride_blocks(n), kThreads, 0, as_stream(stream)>>>(
+    gelu_tanh_backward_kernel<In><<<grid_stride_blocks(n, kThreads), kThreads, 0, as_stream(stream)>>>(
         n, static_cast<const In*>(grad), static_cast<const In*>(x), static_cast<In*>(grad_x));
   });
   check_launch("gelu_tanh_backward");

@@ -26,6 +26,7 @@
 
 #include "../common/attention.h"
 #include "../common/dtype.h"
+#include "launch.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -268,13 +269,6 @@ __global__ void __launch_bounds__(block_threads<In>()) attention_query_gradient_
 // ---------------------------------------------------------------------------------------------
 // Launches
 
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("imm_ext: CUDA attention ") + kernel + " launch failed: " +
-                             cudaGetErrorString(err));
-}
-
 // Grid (B * H, tiles of `len` rows) for element type In.
 template <class In>
 dim3 grid_for(const AttentionShape& shape, int64_t len) {
@@ -304,25 +298,25 @@ void dispatch(const AttentionShape& shape, F&& f) {
 }  // namespace
 
 void attention_forward(const AttentionForwardTask& task, std::uintptr_t stream) {
-  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const cudaStream_t s = as_stream(stream);
   dispatch(task.shape, [&](auto tag, auto dim) {
     using In = decltype(tag);
     attention_forward_kernel<In, decltype(dim)::value>
         <<<grid_for<In>(task.shape, task.shape.q_len), block_threads<In>(), 0, s>>>(task);
-    check_launch("forward");
+    check_launch("attention forward");
   });
 }
 
 void attention_backward(const AttentionBackwardTask& task, std::uintptr_t stream) {
-  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const cudaStream_t s = as_stream(stream);
   dispatch(task.shape, [&](auto tag, auto dim) {
     using In = decltype(tag);
     attention_key_gradient_kernel<In, decltype(dim)::value>
         <<<grid_for<In>(task.shape, task.shape.kv_len), block_threads<In>(), 0, s>>>(task);
-    check_launch("dK/dV");
+    check_launch("attention dK/dV");
     attention_query_gradient_kernel<In, decltype(dim)::value>
         <<<grid_for<In>(task.shape, task.shape.q_len), block_threads<In>(), 0, s>>>(task);
-    check_launch("dQ");
+    check_launch("attention dQ");
   });
 }
 

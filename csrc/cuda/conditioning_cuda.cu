@@ -15,6 +15,7 @@
 #include <string>
 
 #include "conditioning_cuda.h"
+#include "launch.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -28,28 +29,6 @@ __device__ T warp_sum(T v) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
-
-unsigned blocks_of(int64_t work, int64_t per_block) {
-  return static_cast<unsigned>((work + per_block - 1) / per_block);
-}
-
-// Enough blocks to fill the device for a grid-stride loop over `total` elements.
-unsigned grid_stride_blocks(int64_t total) {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>(blocks_of(total, kThreads), int64_t(sms) * 32)));
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("imm_ext: CUDA kernel ") + kernel +
-                             " failed to launch: " + cudaGetErrorString(err));
-}
-
-cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 template <class F>
 void dispatch_norm(bool rms, F&& f) {
@@ -312,7 +291,7 @@ void gate_residual_forward(DType dtype, ConditioningShape shape, const void* x, 
   if (total == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    gate_residual_forward_kernel<In><<<grid_stride_blocks(total), kThreads, 0, as_stream(stream)>>>(
+    gate_residual_forward_kernel<In><<<grid_stride_blocks(total, kThreads), kThreads, 0, as_stream(stream)>>>(
         shape, static_cast<const In*>(x), static_cast<const In*>(gate), static_cast<const In*>(y),
         static_cast<In*>(out));
   });

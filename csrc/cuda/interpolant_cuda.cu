@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../common/interpolant.h"
+#include "launch.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -47,21 +48,6 @@ __global__ void sampler_step_kernel(int64_t total, int64_t per_sample, const S* 
   }
 }
 
-unsigned blocks_for(int64_t total) {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t needed = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sms) * 32)));
-}
-
-void check_launch() {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("imm_ext: CUDA interpolant kernel launch failed: ") +
-                             cudaGetErrorString(err));
-}
-
 }  // namespace
 
 void interpolant_pair(DType dtype, int64_t batch, int64_t per_sample, int64_t particles, const void* x,
@@ -69,14 +55,14 @@ void interpolant_pair(DType dtype, int64_t batch, int64_t per_sample, int64_t pa
                       std::uintptr_t stream) {
   const int64_t total = batch * per_sample;
   if (total == 0) return;
-  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const cudaStream_t s = as_stream(stream);
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    interpolant_pair_kernel<In><<<blocks_for(total), kThreads, 0, s>>>(
+    interpolant_pair_kernel<In><<<grid_stride_blocks(total, kThreads), kThreads, 0, s>>>(
         total, per_sample, particles, static_cast<const In*>(x), static_cast<const In*>(noise),
         coefficients, static_cast<In*>(x_t), static_cast<In*>(x_r));
   });
-  check_launch();
+  check_launch("interpolant_pair");
 }
 
 void sampler_step(DType state_dtype, DType g_dtype, int64_t batch, int64_t per_sample, const void* x,
@@ -84,8 +70,8 @@ void sampler_step(DType state_dtype, DType g_dtype, int64_t batch, int64_t per_s
                   double guidance, void* out, std::uintptr_t stream) {
   const int64_t total = batch * per_sample;
   if (total == 0) return;
-  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  const unsigned blocks = blocks_for(total);
+  const cudaStream_t s = as_stream(stream);
+  const unsigned blocks = grid_stride_blocks(total, kThreads);
   dispatch_dtype(state_dtype, [&](auto state_tag) {
     using S = decltype(state_tag);
     dispatch_dtype(g_dtype, [&](auto g_tag) {
@@ -102,7 +88,7 @@ void sampler_step(DType state_dtype, DType g_dtype, int64_t batch, int64_t per_s
                                                                      c_out, guidance, o);
     });
   });
-  check_launch();
+  check_launch("sampler_step");
 }
 
 }  // namespace imm::cuda

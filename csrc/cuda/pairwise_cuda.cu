@@ -27,6 +27,7 @@
 #include "../common/dtype.h"
 #include "../common/kernel_math.h"
 #include "../common/pair_task.h"
+#include "launch.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -424,13 +425,6 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-void check_launch() {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("imm_ext: CUDA pairwise kernel launch failed: ") +
-                             cudaGetErrorString(err));
-}
-
 unsigned grid_for(int64_t items) {
   return static_cast<unsigned>(std::min<int64_t>(items, INT_MAX));
 }
@@ -496,7 +490,7 @@ void launch(const PairTask& task, cudaStream_t stream) {
     const unsigned grid = grid_for(a.groups * ((a.n_rows + kTileRows - 1) / kTileRows));
     wide_kernel<In, K, M><<<grid, kWideThreads, 0, stream>>>(a);
   }
-  check_launch();
+  check_launch("pair_task");
 }
 
 }  // namespace
@@ -507,7 +501,7 @@ void run_pair_task(const PairTask& task, std::uintptr_t stream) {
   if (task.num_bandwidths < 1 || task.num_bandwidths > kMaxBandwidths)
     throw std::invalid_argument("run_pair_task: the CUDA kernels take 1 to 16 bandwidths");
   if (task.groups <= 0 || task.n_rows <= 0) return;
-  const cudaStream_t cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  const cudaStream_t cuda_stream = as_stream(stream);
   dispatch_dtype(task.dtype, [&](auto in_tag) {
     using In = decltype(in_tag);
     dispatch_kernel(task.kind, [&](auto kind_tag) {
