@@ -42,3 +42,18 @@ def assert_trains_and_reads_every_input(model, x, c_t, c_s, labels, label_count)
         for changed in (model(x, c_t + 1, c_s, labels), model(x, c_t, c_s + 1, labels),
                         model(x, c_t, c_s, (labels + 1) % label_count)):
             assert not torch.allclose(out, changed)
+
+
+# A training run that takes a second or two: toy2d, tiny MLP, two micro-batches a step, one thread.
+TINY = ["model.options.width=16", "model.options.depth=1", "train.threads=1", "train.steps=6", "train.batch_size=64",
+        "train.micro_batch=32", "optimizer.grad_clip=1.0", "optimizer.warmup_steps=3", "optimizer.lr=1e-3",
+        "train.ema_warmup=true", "eval.steps=1,2", "eval.num_samples=64", "eval.batch_size=64",
+        "log.log_every=2", "log.checkpoint_every=100", "log.progress=false", "log.tensorboard=false",
+        "log.grid_size=64", "data.options={n: 2000}"]
+
+
+def tiny_config(*overrides):
+    """toy2d with a tiny MLP, 6 steps of two micro-batches, one thread, quiet logs."""
+    from imm_ext.train import apply_overrides, get_preset
+
+    return apply_overrides(get_preset("toy2d"), [*TINY, *overrides])

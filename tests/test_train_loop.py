@@ -8,21 +8,12 @@ import json
 import pytest
 import torch
 
-from imm_ext.train import Trainer, TrainingDiverged, apply_overrides, get_preset
+from imm_ext.train import Trainer, TrainingDiverged
 from imm_ext.train import trainer as trainer_module
 from imm_ext.models import load_model
 from imm_ext.train.checkpoint import load_checkpoint
 
-TINY = ["model.options.width=16", "model.options.depth=1", "train.threads=1", "train.steps=6", "train.batch_size=64",
-        "train.micro_batch=32", "optimizer.grad_clip=1.0", "optimizer.warmup_steps=3", "optimizer.lr=1e-3",
-        "train.ema_warmup=true", "eval.steps=1,2", "eval.num_samples=64", "eval.batch_size=64",
-        "log.log_every=2", "log.checkpoint_every=100", "log.progress=false", "log.tensorboard=false",
-        "log.grid_size=64", "data.options={n: 2000}"]
-
-
-def tiny_config(*overrides):
-    return apply_overrides(get_preset("toy2d"), [*TINY, *overrides])
-
+from conftest import tiny_config
 
 def final_weights(run_dir):
     state = load_checkpoint(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1])

@@ -96,13 +96,26 @@ def training_config(preset: Optional[str], config_file: Optional[Path], override
     return apply_overrides(config, overrides).validate()
 
 
+def _resume_base(arguments) -> Optional[TrainingConfig]:
+    """Resuming without --preset or --config continues with the configuration the checkpoint was trained
+    with (the overrides still apply on top): the given checkpoint's, or for `--resume auto` the newest of
+    the run directory the other arguments name, if it has one."""
+    if arguments.resume is None or arguments.preset is not None or arguments.config is not None:
+        return None
+    if arguments.resume == "auto":
+        named = training_config(None, None, arguments.overrides, arguments.name)
+        path = resolve_resume("auto", Path(named.log.root) / named.run_name / "checkpoints")
+        if path is None:
+            return None
+    else:
+        path = resolve_resume(arguments.resume, ".")
+    return parse_config(load_checkpoint(path)["config"], source=f"the config in {path}")
+
+
 def _train(arguments) -> int:
     from .train.trainer import Trainer
 
-    base = None
-    if arguments.resume not in (None, "auto") and arguments.preset is None and arguments.config is None:
-        # Resuming a given checkpoint without a recipe: continue with the configuration it was trained with.
-        base = parse_config(load_checkpoint(resolve_resume(arguments.resume, "."))["config"], source="the checkpoint")
+    base = _resume_base(arguments)
     config = training_config(arguments.preset, arguments.config, arguments.overrides, arguments.name, base)
     if arguments.print_config:
         print(dump_config(config), end="")
@@ -124,13 +137,16 @@ def _load_model(path: Path, use_ema: bool):
 
     state = load_checkpoint(path)
     config = parse_config(state["config"], source=f"the config in {path}")
-    info = DataInfo.from_dict(state["data_info"])
-    network = build_network(state["network"]["kind"], dict(state["network"]["arguments"]))
-    weights = state["ema"]["model"] if use_ema else state["model"]
     try:
+        info = DataInfo.from_dict(state["data_info"])
+        network = build_network(state["network"]["kind"], dict(state["network"]["arguments"]))
+        weights = state["ema"]["model"] if use_ema else state["model"]
         network.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"the weights in {path} do not fit the network they name: {str(error).splitlines()[0]}")
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {error} (not written by `imm-ext train`?)") from None
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"the network or weights in {str(path)!r} cannot be rebuilt: "
+                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = network.to(device).eval()
     return parametrize(network, config.method, info), config, info, int(state["step"])
@@ -201,9 +217,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .train.trainer import TrainingDiverged
 
     parser = _parser()
-    arguments = parser.parse_args(argv)
+    arguments, extra = parser.parse_known_args(argv)
     if arguments.command is None:  # `imm-ext` alone runs the default training job
-        arguments = parser.parse_args(["train"])
+        arguments, extra = parser.parse_known_args(["train"])
+    if arguments.command == "train":  # key=value overrides may also follow options
+        arguments.overrides += [item for item in extra if "=" in item and not item.startswith("-")]
+        extra = [item for item in extra if item not in arguments.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "presets": lambda _: _presets()}
     try:
         return handlers[arguments.command](arguments)

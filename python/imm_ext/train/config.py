@@ -165,33 +165,41 @@ class TrainingConfig:
 # ---------------------------------------------------------------------------------------------
 # Validation
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters, for error messages (long containers are only counted)."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _fail(key: str, message: str) -> None:
     raise ConfigError(f"{key}: {message}")
 
 
 def _choice(key: str, value, choices) -> None:
     if value not in choices:
-        _fail(key, f"must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        _fail(key, f"must be one of {', '.join(map(repr, choices))}; got {short_repr(value)}")
 
 
 def _positive_int(key: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(key, f"must be an integer >= {minimum}; got {value!r}")
+        _fail(key, f"must be an integer >= {minimum}; got {short_repr(value)}")
 
 
 def _finite(key: str, value, low: float = -math.inf, high: float = math.inf, open_low: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(key, f"must be a finite number; got {value!r}")
+        _fail(key, f"must be a finite number; got {short_repr(value)}")
     if value < low or (open_low and value == low) or value > high:
         bound = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
-        _fail(key, f"must lie in {bound}; got {value!r}")
+        _fail(key, f"must lie in {bound}; got {short_repr(value)}")
 
 
 def _validate(config: TrainingConfig) -> None:
     data, method, optimizer, loop, log, evaluation = (config.data, config.method, config.optimizer, config.train,
                                                       config.log, config.eval)
     if not isinstance(data.name, str) or not data.name:
-        _fail("data.name", f"must be a dataset name; got {data.name!r}")
+        _fail("data.name", f"must be a dataset name; got {short_repr(data.name)}")
     _choice("method.kind", method.kind, METHOD_KINDS)
     _choice("method.fm_solver", method.fm_solver, FM_SOLVERS)
     _check_method(method)
@@ -209,7 +217,7 @@ def _validate(config: TrainingConfig) -> None:
         _positive_int(f"log.{key}", getattr(log, key))
     _positive_int("log.sample_every", log.sample_every, 0)
     if log.name is not None and (not log.name or "/" in log.name or log.name in (".", "..")):
-        _fail("log.name", f"must be a plain directory name; got {log.name!r}")
+        _fail("log.name", f"must be a plain directory name; got {short_repr(log.name)}")
     if not evaluation.steps:
         _fail("eval.steps", "must list at least one step count")
     for i, steps in enumerate(evaluation.steps):

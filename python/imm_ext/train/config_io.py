@@ -6,6 +6,9 @@
 Every value is converted to the type annotated on its dataclass field (int, float, bool, str,
 Optional[...], Tuple[...], Dict[str, Any], nested sections). An unknown key or a value of the wrong
 type raises ConfigError naming the dotted key; range checks are TrainingConfig.validate()'s job.
+YAML is read with the safe loader and without aliases (`*name`): nested aliases expand exponentially
+(a few hundred bytes can name billions of nodes), and a configuration has no need of them. Errors show
+values shortened, never an unbounded repr.
 """
 from __future__ import annotations
 
@@ -18,10 +21,24 @@ from typing import Any, Dict, Iterable, Union
 
 import yaml
 
-from .config import ConfigError, TrainingConfig
+from .config import ConfigError, TrainingConfig, short_repr
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NONE = ("none", "null", "~", "")
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases, so a document cannot expand beyond its own size."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not accepted in a configuration "
+                                 f"({event.start_mark.line + 1}:{event.start_mark.column + 1}); write the value out")
+        return super().compose_node(parent, index)
+
+
+def safe_load_yaml(text: str) -> Any:
+    """yaml.safe_load without aliases (yaml.YAMLError for them, as for any malformed document)."""
+    return yaml.load(text, Loader=_NoAliasLoader)
 
 
 def _field_types(cls) -> Dict[str, Any]:
@@ -48,11 +65,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value, options[0], key)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: must be a mapping of the section's keys; got {value!r}")
+            raise ConfigError(f"{key}: must be a mapping of the section's keys; got {short_repr(value)}")
         return _from_dict(annotation, value, key)
     if origin in (dict, Dict):
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key}: must be a mapping with string keys; got {value!r}")
+            raise ConfigError(f"{key}: must be a mapping with string keys; got {short_repr(value)}")
         return dict(value)
     if origin in (tuple, typing.Tuple):
         return _coerce_tuple(value, arguments, key)
@@ -61,7 +78,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
             return value.strip().lower() in _TRUE
-        raise ConfigError(f"{key}: must be true or false; got {value!r}")
+        raise ConfigError(f"{key}: must be true or false; got {short_repr(value)}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -70,18 +87,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         try:
             return int(str(value).strip())
         except ValueError:
-            raise ConfigError(f"{key}: must be an integer; got {value!r}") from None
+            raise ConfigError(f"{key}: must be an integer; got {short_repr(value)}") from None
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         try:
             return float(str(value).strip())
         except ValueError:
-            raise ConfigError(f"{key}: must be a number; got {value!r}") from None
+            raise ConfigError(f"{key}: must be a number; got {short_repr(value)}") from None
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: must be a string; got {value!r}")
+        raise ConfigError(f"{key}: must be a string; got {short_repr(value)}")
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
@@ -94,7 +111,7 @@ def _coerce_tuple(value: Any, arguments, key: str) -> tuple:
     if len(arguments) == 2 and arguments[1] is Ellipsis:
         return tuple(_coerce(item, arguments[0], f"{key}[{i}]") for i, item in enumerate(value))
     if len(value) != len(arguments):
-        raise ConfigError(f"{key}: must hold {len(arguments)} values; got {list(value)!r}")
+        raise ConfigError(f"{key}: must hold {len(arguments)} values; got {short_repr(list(value))}")
     return tuple(_coerce(item, kind, f"{key}[{i}]") for i, (item, kind) in enumerate(zip(value, arguments)))
 
 
@@ -140,9 +157,9 @@ def dump_config(config: TrainingConfig) -> str:
 
 def parse_config(text: str, base: TrainingConfig = None, source: str = "<string>") -> TrainingConfig:
     try:
-        values = yaml.safe_load(text)
+        values = safe_load_yaml(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+        raise ConfigError(f"{source} is not valid YAML: {short_repr(str(error), 400)}") from None
     return config_from_dict({} if values is None else values, base)
 
 
@@ -193,9 +210,9 @@ def _is_text(annotation) -> bool:
 
 def _parse_yaml_value(text: str, key: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"{key}: cannot read the value {text!r}") from None
+        return safe_load_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{key}: cannot read the value {short_repr(text)} ({str(error).splitlines()[0]})") from None
 
 
 def _set_nested(entries: dict, path, value, key: str) -> None:

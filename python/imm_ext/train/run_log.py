@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,18 +19,42 @@ except ImportError:  # optional
 LOG_FILE = "log.jsonl"
 
 
+class LogError(ValueError):
+    """log.jsonl is damaged somewhere other than its last line."""
+
+
 def read_log(run_dir: Path) -> List[dict]:
+    """The entries of log.jsonl. A torn last line (a write cut short by a kill or a full disk) is
+    dropped; a damaged line before it raises LogError naming the file and the line."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            if all(not rest.strip() for rest in lines[number:]):
+                break  # the torn tail
+            raise LogError(f"{str(path)!r} line {number} is not a JSON object ({error}); repair or remove "
+                           f"that line") from None
+        entries.append(entry)
+    return entries
 
 
 def truncate_log(run_dir: Path, last_step: int) -> None:
-    """Drop the entries after `last_step` (a resume from an earlier checkpoint rewrites what follows)."""
+    """Keep the entries up to `last_step` (what follows a resumed checkpoint is rewritten, a torn tail is
+    dropped), replacing the file atomically."""
     path = Path(run_dir) / LOG_FILE
     kept = [entry for entry in read_log(run_dir) if entry.get("step", 0) <= last_step]
-    path.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+    temporary = path.with_name(f".{LOG_FILE}.tmp")
+    temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+    os.replace(temporary, path)
 
 
 def _format_duration(seconds: float) -> str:

@@ -13,7 +13,14 @@ into micro-batches that are multiples of M (gradient accumulation never splits a
 each with the gradient all-reduce only on the last, then all ranks agree on whether the loss and
 gradients were finite before the optimiser step and the EMA update, and after the step on whether a
 stop was requested.
-A non-finite step is skipped and counted; `train.max_nonfinite` in a row abort the run.
+A non-finite step is skipped and counted; `train.max_nonfinite` in a row abort the run. No checkpoint is
+written during a non-finite streak, so the newest checkpoint on disk is always one from finite weights,
+and rotation never deletes it.
+
+Run directory: one run owns it for its whole life (run_directory.py; a second run fails at once naming
+the holder). A fresh run refuses a directory that holds checkpoints, and a resume refuses to mix runs
+(another run's checkpoint into a directory with checkpoints of its own, an older checkpoint while newer
+ones exist) or to continue with settings that change what is trained (resume_check.py).
 
 Exact resume: a checkpoint holds the network, EMA, optimiser, gradient scaler, step, every rank's data
 position and every random generator (Python, numpy, torch CPU and CUDA, the loss's generator), so a run
@@ -43,17 +50,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from ..models import save_model
-from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, newest_good_checkpoint,
+                         remove_orphaned_temporaries, resolve_resume, save_checkpoint)
 from .components import (DataInfo, build_network, build_optimizer, data_info, learning_rate, load_data,
                          network_arguments, objective, parametrize, particles_per_group)
 from .config import ConfigError, TrainingConfig, with_precision_defaults
-from .config_io import dump_config
+from .config_io import dump_config, parse_config
 from .ema import EMA
 from .evaluation import (Metrics, evaluate_steps, generate, grid_labels, metrics_table, real_samples,
                          save_samples_picture, write_metrics)
 from .pictures import line_plot
 from .precision import configure_precision, grad_scaler, wrap_network
+from .resume_check import check_resume
 from .rng_state import capture_rng_state, restore_rng_state, seed_everything
+from .run_directory import RunDirectoryLock
 from .run_log import RunLog, log_values, read_log, truncate_log
 
 CHECKPOINT_DIR = "checkpoints"
@@ -131,7 +141,8 @@ class Trainer:
         context = distributed.initialize(self.config.train.device, self.config.train.dist_timeout_s)
         threads = torch.get_num_threads()
         try:
-            with _StopSignals() as signals:
+            with _StopSignals() as signals, (RunDirectoryLock(self.run_dir) if context.is_main
+                                             else contextlib.nullcontext()):
                 self._signals = signals
                 return self._run(context)
         except BaseException as error:
@@ -190,23 +201,25 @@ class Trainer:
         step, skipped_total, consecutive_nonfinite = 0, 0, 0
         interval_losses = []  # the logged loss is the mean over the steps since the last log line
         checkpoint_dir = self.run_dir / CHECKPOINT_DIR
-        resume_path = resolve_resume(self.resume, checkpoint_dir) if self.resume else None
-        if resume_path is not None:
-            state = load_checkpoint(resume_path)  # on the CPU: generator states must stay CPU tensors
+        resume_path, state = self._resume_point(context, checkpoint_dir)
+        if state is not None:
+            notes = check_resume(parse_config(state["config"], source=f"the config in {resume_path}"), config,
+                                 str(resume_path))
+            if notes and context.is_main:
+                print(f"note: resuming {resume_path} with changed settings ({'; '.join(notes)}): the "
+                      f"continuation differs from an uninterrupted run", file=sys.stderr)
             step, skipped_total, consecutive_nonfinite = self._restore(state, context, network, ema, optimizer,
                                                                        scaler, stream, generator)
             interval_losses = [float(value) for value in state["interval_losses"]]
-        if step >= loop.steps and resume_path is not None:
-            raise ConfigError(f"train.steps: the checkpoint {str(resume_path)!r} is already at step {step}; "
-                              f"raise train.steps to continue")
+            if step >= loop.steps:
+                raise ConfigError(f"train.steps: the checkpoint {str(resume_path)!r} is already at step {step}; "
+                                  f"raise train.steps to continue")
 
-        # 5. Run directory (rank 0): the resolved config and, on resume, the log up to the checkpoint.
+        # 5. Run directory (rank 0): the resolved config and the log up to the checkpoint (a torn tail dropped).
         run_log = None
         if context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(config))
-            if resume_path is not None:
-                truncate_log(self.run_dir, step)
+            truncate_log(self.run_dir, step)
             run_log = RunLog(self.run_dir, step, loop.steps, progress=config.log.progress,
                              tensorboard=config.log.tensorboard)
             where = f"{context.world_size} ranks on {device.type}" if context.enabled else str(device)
@@ -281,8 +294,8 @@ class Trainer:
                         raise TrainingDiverged(
                             f"the loss or the gradients were not finite for {consecutive_nonfinite} steps in a row "
                             f"(steps {step - consecutive_nonfinite + 2}..{step + 1}); the run stops here without "
-                            f"writing a checkpoint (the last one, if any, is good). Lower optimizer.lr, set "
-                            f"optimizer.grad_clip, or train in fp32/tf32")
+                            f"writing a checkpoint ({_newest_checkpoint_text(checkpoint_dir)}). Lower "
+                            f"optimizer.lr, set optimizer.grad_clip, or train in fp32/tf32, then --resume auto")
                 else:
                     consecutive_nonfinite = 0
                     if scaler is not None:
@@ -319,7 +332,11 @@ class Trainer:
                 stop_everywhere = bool(distributed.sum_across_ranks(
                     context, torch.tensor([float(bool(stop_here))], dtype=torch.float64))[0] > 0)
                 if step % config.log.checkpoint_every == 0 or step == loop.steps or stop_everywhere:
-                    last_checkpoint = write_checkpoint() or last_checkpoint
+                    if consecutive_nonfinite == 0:
+                        last_checkpoint = write_checkpoint() or last_checkpoint
+                    elif run_log is not None:  # never from weights whose last loss was not finite
+                        run_log.message(f"step {step}: no checkpoint written, the last {consecutive_nonfinite} "
+                                        f"step(s) were not finite ({_newest_checkpoint_text(checkpoint_dir)})")
                 if stop_everywhere:
                     stop_reason = self._stop_requested or self._signals.requested or "a stop on another rank"
                     break
@@ -335,8 +352,8 @@ class Trainer:
                              rank=context.rank)
         if stop_reason is not None:
             if context.is_main:
-                print(f"stopped by {stop_reason} at step {step}; checkpoint {last_checkpoint}; continue with "
-                      f"--resume auto", file=sys.stderr, flush=True)
+                print(f"stopped by {stop_reason} at step {step}; {_newest_checkpoint_text(checkpoint_dir)}; "
+                      f"continue with --resume auto", file=sys.stderr, flush=True)
             return result
 
         # 8. Final outputs (rank 0): pictures and metrics at each step count, loss curve, EMA network, summary.
@@ -353,6 +370,47 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------------
+    def _resume_point(self, context, checkpoint_dir: Path) -> tuple:
+        """(path, checkpoint) to resume from, or (None, None) for a fresh run. Rank 0 decides first (it
+        owns the directory: it clears orphaned temporaries and moves corrupt checkpoints aside), then the
+        other ranks read the same file."""
+        found = (None, None)
+        if context.is_main:
+            remove_orphaned_temporaries(checkpoint_dir)
+            found = self._resume_point_of_owner(checkpoint_dir)
+        distributed.barrier(context)
+        if not context.is_main and self.resume:
+            path = resolve_resume(self.resume, checkpoint_dir)
+            found = (path, load_checkpoint(path)) if path is not None else (None, None)
+        return found
+
+    def _resume_point_of_owner(self, checkpoint_dir: Path) -> tuple:
+        existing = list_checkpoints(checkpoint_dir)
+        if not self.resume:
+            if existing:
+                raise ConfigError(f"{str(self.run_dir)!r} already holds checkpoints of an earlier run (newest "
+                                  f"{existing[-1].name}); continue it with --resume auto, or give this run "
+                                  f"another --name")
+            return None, None
+        if self.resume == "auto":
+            found = newest_good_checkpoint(checkpoint_dir, warn=lambda text: print(text, file=sys.stderr))
+            return found if found is not None else (None, None)
+        path = resolve_resume(self.resume, checkpoint_dir)
+        state = load_checkpoint(path)
+        if path.resolve().parent != checkpoint_dir.resolve():
+            if existing:
+                raise ConfigError(f"--resume {str(path)!r} is not a checkpoint of {str(self.run_dir)!r}, which holds "
+                                  f"checkpoints of its own (newest {existing[-1].name}): continuing here would mix "
+                                  f"two runs and rotate those away; resume it under another --name")
+        else:
+            newer = [entry.name for entry in existing if entry.resolve() != path.resolve()
+                     and int(entry.stem.split("-")[1]) > int(state["step"])]
+            if newer:
+                raise ConfigError(f"--resume {str(path)!r}: the run has newer checkpoints ({', '.join(newer)}); "
+                                  f"continuing from an earlier one would mix two histories of the run: move the "
+                                  f"newer ones out of {str(checkpoint_dir)!r} first, or resume from the newest")
+        return path, state
+
     def _restore(self, state: Dict[str, Any], context, network, ema, optimizer, scaler, stream,
                  generator) -> tuple:
         """Load a checkpoint's state into the freshly built objects; returns (step, skipped, consecutive)."""
@@ -424,6 +482,11 @@ class Trainer:
         line_plot([entry["step"] for entry in entries], [entry["loss"] for entry in entries],
                   self.run_dir / "loss.png", title=f"{self.config.run_name}: {self.config.method.kind} loss (log scale)",
                   log_scale=True)
+
+
+def _newest_checkpoint_text(checkpoint_dir: Path) -> str:
+    newest = latest_checkpoint(checkpoint_dir)
+    return f"the newest checkpoint is {newest}" if newest is not None else "no checkpoint has been written yet"
 
 
 @contextlib.contextmanager
