@@ -23,7 +23,7 @@ class ImageZipDataset(ImageFileDataset):
         entries = sorted(n for n in names if is_image_name(n))
         labels = None
         if "dataset.json" in names:
-            table = json.loads(self._zip().read("dataset.json")).get("labels")
+            table = _label_table(self._zip().read("dataset.json"), path)
             if table is not None:
                 by_name = {str(fname): label for fname, label in table}
                 missing = [n for n in entries if n not in by_name]
@@ -45,3 +45,20 @@ class ImageZipDataset(ImageFileDataset):
 
     def __getstate__(self):
         return {**self.__dict__, "_archive": None, "_archive_pid": None}
+
+
+def _label_table(text: bytes, path: str):
+    """The "labels" list of dataset.json ([[name, label], ...] or None); ValueError naming the archive."""
+    try:
+        document = json.loads(text)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"dataset.json in {path!r} is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"dataset.json in {path!r} must be a JSON object with a \"labels\" key; got a "
+                         f"{type(document).__name__}")
+    table = document.get("labels")
+    if table is not None and (not isinstance(table, list) or not all(
+            isinstance(row, list) and len(row) == 2 and isinstance(row[0], str) for row in table)):
+        raise ValueError(f"dataset.json in {path!r}: \"labels\" must be null or a list of [file name, label] "
+                         f"pairs")
+    return table

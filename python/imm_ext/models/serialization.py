@@ -30,16 +30,27 @@ def save_model(model: nn.Module, path: PathLike) -> None:
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """The model saved at `path` by save_model, on `device` (its weights in the dtype they were saved in)."""
-    with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        if METADATA_KEY not in metadata:
-            raise ValueError(f"path {os.fspath(path)!r} is not a model saved by imm_ext.models.save_model "
-                             f"(no {METADATA_KEY!r} metadata)")
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-    recipe = json.loads(metadata[METADATA_KEY])
-    model = build(recipe["kind"], **recipe["config"])
-    dtypes = {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()}
-    model = model.to(device=device, dtype=dtypes.pop() if len(dtypes) == 1 else None)
-    model.load_state_dict(tensors, strict=True)
+    """The model saved at `path` by save_model, on `device` (its weights in the dtype they were saved in).
+    ValueError naming the file when it is missing, not safetensors, not ours, or does not fit its recipe."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise ValueError(f"model file {name!r} does not exist")
+    try:
+        with safe_open(name, framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()} if METADATA_KEY in metadata else {}
+    except Exception as error:  # safetensors raises its own SafetensorError, OSError, ...
+        raise ValueError(f"{name!r} is not a readable safetensors file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"{name!r} is not a model saved by imm_ext.models.save_model (no {METADATA_KEY!r} metadata)")
+    try:
+        recipe = json.loads(metadata[METADATA_KEY])
+        model = build(recipe["kind"], **recipe["config"])
+        dtypes = {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()}
+        model = model.to(device=device, dtype=dtypes.pop() if len(dtypes) == 1 else None)
+        model.load_state_dict(tensors, strict=True)
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise ValueError(f"the model in {name!r} cannot be rebuilt from its recipe: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
     return model

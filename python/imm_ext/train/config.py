@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 # App. I.6: below fp16 resolution near T, t - r must be kept at least this large.
 FP16_MIN_GAP = 1e-4
+MAX_LEARNING_RATE = 1e4  # optimizer.lr's upper bound (see _validate)
 
 
 class ConfigError(ValueError):
@@ -204,7 +205,9 @@ def _validate(config: TrainingConfig) -> None:
     _choice("method.fm_solver", method.fm_solver, FM_SOLVERS)
     _check_method(method)
     _choice("optimizer.name", optimizer.name, OPTIMIZERS)
-    _finite("optimizer.lr", optimizer.lr, 0.0, open_low=True)
+    # Adam-type optimisers move each weight by about lr a step: far below the bound is all that trains,
+    # and above it torch's float32 update (lr / bias correction) overflows inside the optimiser.
+    _finite("optimizer.lr", optimizer.lr, 0.0, MAX_LEARNING_RATE, open_low=True)
     for i, beta in enumerate(optimizer.betas):
         _finite(f"optimizer.betas[{i}]", beta, 0.0, 1.0)
     _finite("optimizer.eps", optimizer.eps, 0.0, open_low=True)
