@@ -45,6 +45,12 @@ def test_train_sample_eval_resume(tmp_path, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000006.pt"
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [2, 4, 6]
 
+    assert train(tmp_path, "train.steps=8") == 2  # a fresh run would mix with this one's checkpoints
+    assert "already holds checkpoints of an earlier run" in capsys.readouterr().err
+    # --resume auto without --preset continues with the checkpoint's own settings (toy2d, not digits).
+    assert main(["train", "--resume", "auto", "--name", "cli", f"log.root={tmp_path}", "train.steps=8"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000008.pt"
+
 
 def test_sigterm_stops_with_a_checkpoint_then_resumes(tmp_path):
     command = [sys.executable, "-m", "imm_ext.cli", "train", "--preset", "toy2d", "--name", "sig",
