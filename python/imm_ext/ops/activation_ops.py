@@ -12,7 +12,8 @@ on a device without a compiled kernel take the same formulas in PyTorch below, w
 backward under create_graph=True (so double backward is exact).
 
 As in conditioning_ops.py, two routes reach the same kernels: the torch.library custom ops under
-torch.compile, and a torch.autograd.Function twin in eager mode (no custom-op dispatch).
+torch.compile, and a torch.autograd.Function twin in eager mode (no custom-op dispatch). Both run
+`_check_gelu_tanh` / `_check_gelu_tanh_backward` in the functions they share (the fakes too).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 
 from .. import _core
 from .device import has_kernel, run_kernel
-from .options import SUPPORTED_DTYPES, accumulate_dtype
+from .checks import accumulate_dtype, check_like, check_tensor
 
 Tensor = torch.Tensor
 
@@ -57,9 +58,23 @@ def _gelu_tanh_backward_torch(grad: Tensor, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Argument checks (every route: the custom ops, their fakes, the Function twin)
+
+def _check_gelu_tanh(x) -> None:
+    check_tensor("x", x)
+
+
+def _check_gelu_tanh_backward(grad, x) -> None:
+    check_tensor("x", x)
+    check_tensor("grad", grad)
+    check_like("grad", grad, x, "x", shape=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # Kernels (or PyTorch where no kernel applies) and the gradient rule
 
 def _gelu_tanh_forward(x: Tensor) -> Tensor:
+    _check_gelu_tanh(x)
     x = x.contiguous()
     if not has_kernel(x):
         return _gelu_tanh_torch(x)
@@ -69,6 +84,7 @@ def _gelu_tanh_forward(x: Tensor) -> Tensor:
 
 
 def _gelu_tanh_backward(grad: Tensor, x: Tensor) -> Tensor:
+    _check_gelu_tanh_backward(grad, x)
     grad, x = grad.to(x.dtype).contiguous(), x.contiguous()
     if not has_kernel(x):
         return _gelu_tanh_backward_torch(grad, x)
@@ -98,6 +114,7 @@ def gelu_tanh_op(x: Tensor) -> Tensor:
 
 @gelu_tanh_op.register_fake
 def _(x):
+    _check_gelu_tanh(x)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -108,6 +125,7 @@ def gelu_tanh_backward_op(grad: Tensor, x: Tensor) -> Tensor:
 
 @gelu_tanh_backward_op.register_fake
 def _(grad, x):
+    _check_gelu_tanh_backward(grad, x)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -141,10 +159,7 @@ def gelu_tanh(x: Tensor) -> Tensor:
     result has x's shape and dtype (contiguous). Differentiable in x. +inf gives +inf and -inf gives
     -0 (the limits; torch's gelu gives NaN at -inf); NaN propagates.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"x must be float32, float64, bfloat16 or float16; got {x.dtype}")
+    _check_gelu_tanh(x)
     if torch.compiler.is_compiling():
         return gelu_tanh_op(x)
     return _GeluTanh.apply(x)

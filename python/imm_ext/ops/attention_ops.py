@@ -14,18 +14,20 @@ q, k, v from a fused qkv projection the output lies as (B, T, H, Dh), so the out
 out.transpose(1, 2).reshape(B, T, H * Dh) is a view, and the gradients lie like the projection's
 output; with contiguous inputs every result is contiguous (a leaf's .grad is taken without a copy).
 Tensors on a device without a compiled kernel take a pure-PyTorch path, in query chunks.
+Every op and fake kernel runs `_check_attention` (and the backward `_check_attention_backward`) first:
+the shapes, dtypes and devices the kernels rely on, and scale finite in the accumulation dtype; the
+public `attention` runs the same shape checks on its raw (not yet promoted) inputs.
 """
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Optional, Tuple
 
 import torch
 
 from .. import _core
 from .device import has_kernel, run_kernel
-from .options import SUPPORTED_DTYPES, accumulate_dtype
+from .checks import accumulate_dtype, check_like, check_real, check_scalar, check_shape, check_tensor
 
 Tensor = torch.Tensor
 
@@ -84,16 +86,64 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float, save_lse: bool) -> T
 
 
 # ---------------------------------------------------------------------------------------------
+# Argument checks (the public function and every op)
+
+def _check_heads(name: str, t, like: Optional[Tensor] = None) -> None:
+    check_tensor(name, t)
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, H, T, Dh); got {tuple(t.shape)}")
+    if min(t.shape) == 0:
+        raise ValueError(f"{name} must have B, H, T, Dh >= 1; got {tuple(t.shape)}")
+    if like is not None:
+        check_like(name, t, like, "q")
+
+
+def _check_qkv_shapes(q, k, v) -> None:
+    """q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) on q's device, 1 <= Dh <= MAX_HEAD_DIM; any dtypes."""
+    _check_heads("q", q)
+    _check_heads("k", k, like=q)
+    _check_heads("v", v, like=q)
+    b, h, _, d = q.shape
+    if k.shape[0] != b or k.shape[1] != h or k.shape[3] != d:
+        raise ValueError(f"k must have shape (B, H, Tk, Dh) = ({b}, {h}, Tk, {d}) like q; got {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {tuple(k.shape)}; got {tuple(v.shape)}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"q, k, v: head dimension Dh = {d} is larger than the supported {MAX_HEAD_DIM}")
+
+
+def _check_attention(q, k, v, scale) -> None:
+    """The ops' view: q, k, v of one dtype, and scale finite in the accumulation dtype."""
+    _check_qkv_shapes(q, k, v)
+    check_like("k", k, q, "q", device=False, dtype=True)
+    check_like("v", v, q, "q", device=False, dtype=True)
+    check_scalar("scale", scale, accumulate_dtype(q.dtype))
+
+
+def _check_attention_backward(grad_out, q, k, v, out, lse, scale) -> None:
+    _check_attention(q, k, v, scale)
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        check_tensor(name, t)
+        check_like(name, t, q, "q", dtype=True, shape=True)
+    acc = accumulate_dtype(q.dtype)
+    check_tensor("lse", lse, (acc,), str(acc).removeprefix("torch."))
+    check_like("lse", lse, q, "q")
+    check_shape("lse", lse, q.shape[:3], "(B, H, Tq)")
+
+
+# ---------------------------------------------------------------------------------------------
 # imm_ext::attention_forward, imm_ext::attention_inference
 
 @torch.library.custom_op("imm_ext::attention_forward", mutates_args=())
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
     """(out, lse): out (B, H, Tq, Dh) in q's dtype, lse (B, H, Tq) in the accumulation dtype."""
+    _check_attention(q, k, v, scale)
     return _forward(q, k, v, scale, save_lse=True)
 
 
 @attention_forward.register_fake
 def _(q, k, v, scale):
+    _check_attention(q, k, v, scale)
     out = _empty_laid_out_like(_rows_contiguous(q), q.shape[2])
     return out, q.new_empty(q.shape[:3], dtype=accumulate_dtype(q.dtype))
 
@@ -101,11 +151,13 @@ def _(q, k, v, scale):
 @torch.library.custom_op("imm_ext::attention_inference", mutates_args=())
 def attention_inference(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """out (B, H, Tq, Dh) in q's dtype; no lse is computed or stored (inference only: no autograd)."""
+    _check_attention(q, k, v, scale)
     return _forward(q, k, v, scale, save_lse=False)[0]
 
 
 @attention_inference.register_fake
 def _(q, k, v, scale):
+    _check_attention(q, k, v, scale)
     return _empty_laid_out_like(_rows_contiguous(q), q.shape[2])
 
 
@@ -116,6 +168,7 @@ def _(q, k, v, scale):
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_q, grad_k, grad_v) in q's dtype, each laid out like its input."""
+    _check_attention_backward(grad_out, q, k, v, out, lse, scale)
     grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
     lse = lse.contiguous()
     grad_q, grad_k, grad_v = (_empty_laid_out_like(t, t.shape[2]) for t in (q, k, v))
@@ -142,6 +195,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
 
 @attention_backward.register_fake
 def _(grad_out, q, k, v, out, lse, scale):
+    _check_attention_backward(grad_out, q, k, v, out, lse, scale)
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     return tuple(_empty_laid_out_like(t, t.shape[2]) for t in (q, k, v))
 
@@ -164,20 +218,8 @@ attention_forward.register_autograd(_attention_backward, setup_context=_attentio
 
 
 # ---------------------------------------------------------------------------------------------
-# Public function: argument checks, then the training or the inference op.
-
-def _check_heads(name: str, t, like: Optional[Tensor] = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, bfloat16 or float16; got {t.dtype}")
-    if t.dim() != 4:
-        raise ValueError(f"{name} must have shape (B, H, T, Dh); got {tuple(t.shape)}")
-    if min(t.shape) == 0:
-        raise ValueError(f"{name} must have B, H, T, Dh >= 1; got {tuple(t.shape)}")
-    if like is not None and t.device != like.device:
-        raise ValueError(f"{name} must be on the device of q ({like.device}); got {t.device}")
-
+# Public function: shape checks, promotion, then the training or the inference op (which check
+# the rest: one dtype, scale finite in the accumulation dtype).
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None) -> Tensor:
     """softmax(q k^T * scale) v, fused: no T x T matrix is formed (FlashAttention-2 style tiles).
@@ -189,22 +231,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None)
     q is a view of a fused (B, T, 3, H, Dh) projection). Differentiable in q, k and v (first order);
     when none requires grad (or grad mode is off) no log-sum-exp is kept.
     """
-    _check_heads("q", q)
-    _check_heads("k", k, like=q)
-    _check_heads("v", v, like=q)
-    b, h, _, d = q.shape
-    if k.shape[0] != b or k.shape[1] != h or k.shape[3] != d:
-        raise ValueError(f"k must have shape (B, H, Tk, Dh) = ({b}, {h}, Tk, {d}) like q; got {tuple(k.shape)}")
-    if v.shape != k.shape:
-        raise ValueError(f"v must have the shape of k {tuple(k.shape)}; got {tuple(v.shape)}")
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"q, k, v: head dimension Dh = {d} is larger than the supported {MAX_HEAD_DIM}")
+    _check_qkv_shapes(q, k, v)
     if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float or None; got {scale!r}")
+        scale = 1.0 / math.sqrt(q.shape[3])
+    else:
+        check_real("scale", scale, "a finite float or None")
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return attention_forward(q, k, v, float(scale))[0]
-    return attention_inference(q, k, v, float(scale))
+        return attention_forward(q, k, v, scale)[0]
+    return attention_inference(q, k, v, scale)

@@ -24,11 +24,15 @@ torch.autograd.Function twins that launch the kernels directly, skipping the cus
 which roughly halves the host time per call (forward + backward of gate_residual on a tiny input on
 the 2-core development machine: 107 us through the custom op, 57 us through the Function; eager
 PyTorch's x + gate * y takes 40 us). On a GPU at DiT-S sizes that host time is most of the cost.
+
+Both routes run the checks of the section "Argument checks" in the functions they share (and the
+fake kernels run them too): shapes, dtypes and devices the kernels rely on, eps and max_period
+finite in the dtype they are used in. The public functions check only what they need before
+promoting dtypes.
 """
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Tuple
 
 import torch
@@ -36,7 +40,9 @@ import torch
 from .. import _core
 from .block_reference import gate_residual_reference
 from .device import has_kernel, run_kernel
-from .options import SUPPORTED_DTYPES, accumulate_dtype, check_choice
+from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_int, check_like, check_real, check_scalar,
+                     check_shape, check_tensor)
+from .options import check_choice
 
 Tensor = torch.Tensor
 
@@ -75,6 +81,103 @@ def _partials(x: Tensor, parts: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Argument checks (every route: the custom ops, their fakes, the Function twins)
+
+def _check_activations(name: str, x) -> None:
+    check_tensor(name, x)
+    if x.dim() < 2 or 0 in x.shape:
+        raise ValueError(f"{name} must have shape (B, ..., C) with every size >= 1; got {tuple(x.shape)}")
+
+
+def _check_per_sample(name: str, v, x: Tensor, x_name: str = "x") -> None:
+    """v a (B, C) tensor on x's device, x (B, ..., C); of x's dtype as the kernels read it."""
+    check_tensor(name, v)
+    expected = (x.shape[0], x.shape[-1])
+    if tuple(v.shape) != expected:
+        raise ValueError(f"{name} must have shape (B, C) = {expected} for {x_name} of shape {tuple(x.shape)}; "
+                         f"got {tuple(v.shape)}")
+    check_like(name, v, x, x_name)
+
+
+def _check_like_activations(name: str, t, x: Tensor, x_name: str = "x") -> None:
+    check_tensor(name, t)
+    check_like(name, t, x, x_name, shape=True)
+
+
+def _check_one_dtype(x_name: str, x: Tensor, **others: Tensor) -> None:
+    for name, t in others.items():
+        check_like(name, t, x, x_name, device=False, dtype=True)
+
+
+def _check_norm_eps(eps, x: Tensor) -> None:
+    check_scalar("eps", eps, accumulate_dtype(x.dtype), minimum=0.0)
+
+
+def _check_norm_modulate(x, shift, scale, eps) -> None:
+    _check_activations("x", x)
+    _check_per_sample("shift", shift, x)
+    _check_per_sample("scale", scale, x)
+    _check_one_dtype("x", x, shift=shift, scale=scale)
+    _check_norm_eps(eps, x)
+
+
+def _check_norm_modulate_backward(grad, x, stats, scale, eps) -> None:
+    _check_activations("x", x)
+    _check_like_activations("grad", grad, x)
+    _check_per_sample("scale", scale, x)
+    _check_one_dtype("x", x, grad=grad, scale=scale)
+    acc = accumulate_dtype(x.dtype)
+    check_tensor("stats", stats, (acc,), str(acc).removeprefix("torch."))
+    check_like("stats", stats, x, "x")
+    check_shape("stats", stats, (x.numel() // x.shape[-1], 2), "(rows of x, 2)")
+    _check_norm_eps(eps, x)
+
+
+def _check_gate_residual(x, gate, y) -> None:
+    _check_activations("x", x)
+    _check_like_activations("y", y, x)
+    _check_per_sample("gate", gate, x)
+    _check_one_dtype("x", x, gate=gate, y=y)
+
+
+def _check_gate_residual_backward(grad, gate, y) -> None:
+    _check_activations("y", y)
+    _check_like_activations("grad", grad, y, "y")
+    _check_per_sample("gate", gate, y, "y")
+    _check_one_dtype("y", y, grad=grad, gate=gate)
+
+
+def _check_times(name: str, c) -> None:
+    check_tensor(name, c, (torch.float64, torch.float32, torch.bfloat16, torch.float16), "a floating-point tensor")
+    if c.dim() != 1 or c.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B,) with B >= 1; got {tuple(c.shape)}")
+
+
+def _check_embedding_options(dim, max_period, dtype) -> None:
+    check_int("dim", dim, 1)
+    check_scalar("max_period", max_period, torch.float64, minimum=0.0)
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be torch.float32, float64, bfloat16 or float16; got {dtype!r}")
+
+
+def _check_timestep_embedding(c, dim, max_period, dtype) -> None:
+    """c (B,) float64 times as the kernels read them."""
+    _check_times("c", c)
+    check_tensor("c", c, (torch.float64,), "float64")
+    _check_embedding_options(dim, max_period, dtype)
+
+
+def _check_timestep_embedding_backward(grad, c, max_period) -> None:
+    _check_times("c", c)
+    check_tensor("c", c, (torch.float64,), "float64")
+    check_tensor("grad", grad)
+    if grad.dim() != 2 or grad.shape[0] != c.shape[0] or grad.shape[1] == 0:
+        raise ValueError(f"grad must have shape (B, dim) = ({c.shape[0]}, dim >= 1); got {tuple(grad.shape)}")
+    check_like("grad", grad, c, "c")
+    check_scalar("max_period", max_period, torch.float64, minimum=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
 # norm + modulate: kernels (or PyTorch where no kernel applies) and the gradient rule
 
 def _norm_statistics(xa: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
@@ -107,6 +210,7 @@ def _norm_modulate_backward_torch(grad: Tensor, x: Tensor, scale: Tensor, rms: b
 
 def _norm_modulate_forward(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
     """(y in x's dtype, stats (B*T, 2) [mean, rstd] in the accumulation dtype); one dtype for all."""
+    _check_norm_modulate(x, shift, scale, eps)
     x, shift, scale = x.contiguous(), shift.contiguous(), scale.contiguous()
     if not has_kernel(x):
         return _norm_modulate_torch(x, shift, scale, rms, eps)
@@ -121,6 +225,7 @@ def _norm_modulate_forward(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, e
 def _norm_modulate_backward(grad: Tensor, x: Tensor, stats: Tensor, scale: Tensor, rms: bool,
                             eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_shift, grad_scale) in x's dtype."""
+    _check_norm_modulate_backward(grad, x, stats, scale, eps)
     grad, x, stats, scale = grad.contiguous(), x.contiguous(), stats.contiguous(), scale.contiguous()
     if not has_kernel(x):
         return _norm_modulate_backward_torch(grad, x, scale, rms, eps)
@@ -156,6 +261,7 @@ def _gate_residual_backward_torch(grad: Tensor, gate: Tensor, y: Tensor) -> Tupl
 
 def _gate_residual_forward(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     """x + gate * y in x's dtype (one dtype for all)."""
+    _check_gate_residual(x, gate, y)
     x, gate, y = x.contiguous(), gate.contiguous(), y.contiguous()
     if not has_kernel(x):
         return gate_residual_reference(x, gate, y)
@@ -167,6 +273,7 @@ def _gate_residual_forward(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
 
 def _gate_residual_backward(grad: Tensor, gate: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
     """(grad_y = gate * grad, grad_gate = sum over tokens of grad * y) in y's dtype."""
+    _check_gate_residual_backward(grad, gate, y)
     grad, gate, y = grad.contiguous(), gate.contiguous(), y.contiguous()
     if not has_kernel(y):
         return _gate_residual_backward_torch(grad, gate, y)
@@ -217,6 +324,7 @@ def _timestep_embedding_backward_torch(grad: Tensor, c: Tensor, max_period: floa
 
 def _timestep_embedding_forward(c: Tensor, dim: int, max_period: float, dtype: torch.dtype) -> Tensor:
     """(N,) float64 times -> (N, dim) embedding in `dtype`."""
+    _check_timestep_embedding(c, dim, max_period, dtype)
     c = c.contiguous()
     if not has_kernel(c):
         return _timestep_embedding_torch(c, dim, max_period, dtype)
@@ -228,6 +336,7 @@ def _timestep_embedding_forward(c: Tensor, dim: int, max_period: float, dtype: t
 
 def _timestep_embedding_backward(grad: Tensor, c: Tensor, max_period: float) -> Tensor:
     """d loss / d c (N,) float64 from grad (N, dim)."""
+    _check_timestep_embedding_backward(grad, c, max_period)
     grad, c = grad.contiguous(), c.contiguous()
     if not has_kernel(c):
         return _timestep_embedding_backward_torch(grad, c, max_period)
@@ -259,6 +368,7 @@ def norm_modulate_op(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, eps: fl
 
 @norm_modulate_op.register_fake
 def _(x, shift, scale, rms, eps):
+    _check_norm_modulate(x, shift, scale, eps)
     rows = x.numel() // x.shape[-1]
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             x.new_empty((rows, 2), dtype=accumulate_dtype(x.dtype)))
@@ -272,6 +382,7 @@ def norm_modulate_backward_op(grad: Tensor, x: Tensor, stats: Tensor, scale: Ten
 
 @norm_modulate_backward_op.register_fake
 def _(grad, x, stats, scale, rms, eps):
+    _check_norm_modulate_backward(grad, x, stats, scale, eps)
     per_sample = lambda: torch.empty_like(scale, memory_format=torch.contiguous_format)
     return torch.empty_like(x, memory_format=torch.contiguous_format), per_sample(), per_sample()
 
@@ -295,6 +406,7 @@ def gate_residual_op(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
 
 @gate_residual_op.register_fake
 def _(x, gate, y):
+    _check_gate_residual(x, gate, y)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -305,6 +417,7 @@ def gate_residual_backward_op(grad: Tensor, gate: Tensor, y: Tensor) -> Tuple[Te
 
 @gate_residual_backward_op.register_fake
 def _(grad, gate, y):
+    _check_gate_residual_backward(grad, gate, y)
     return (torch.empty_like(y, memory_format=torch.contiguous_format),
             torch.empty_like(gate, memory_format=torch.contiguous_format))
 
@@ -324,6 +437,7 @@ def timestep_embedding_op(c: Tensor, dim: int, max_period: float, dtype: torch.d
 
 @timestep_embedding_op.register_fake
 def _(c, dim, max_period, dtype):
+    _check_timestep_embedding(c, dim, max_period, dtype)
     return c.new_empty((c.shape[0], dim), dtype=dtype)
 
 
@@ -334,6 +448,7 @@ def timestep_embedding_backward_op(grad: Tensor, c: Tensor, max_period: float) -
 
 @timestep_embedding_backward_op.register_fake
 def _(grad, c, max_period):
+    _check_timestep_embedding_backward(grad, c, max_period)
     return torch.empty_like(c)
 
 
@@ -389,29 +504,6 @@ class _TimestepEmbedding(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # Public functions: argument checks, dtype promotion, then one of the two routes.
 
-def _check_tensor(name: str, t) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, bfloat16 or float16; got {t.dtype}")
-
-
-def _check_activations(name: str, x) -> None:
-    _check_tensor(name, x)
-    if x.dim() < 2 or 0 in x.shape:
-        raise ValueError(f"{name} must have shape (B, ..., C) with every size >= 1; got {tuple(x.shape)}")
-
-
-def _check_per_sample(name: str, v, x: Tensor) -> None:
-    _check_tensor(name, v)
-    expected = (x.shape[0], x.shape[-1])
-    if tuple(v.shape) != expected:
-        raise ValueError(f"{name} must have shape (B, C) = {expected} for x of shape {tuple(x.shape)}; "
-                         f"got {tuple(v.shape)}")
-    if v.device != x.device:
-        raise ValueError(f"{name} must be on the device of x ({x.device}); got {v.device}")
-
-
 def _promoted(*tensors: Tensor) -> Tuple[Tensor, ...]:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
@@ -429,16 +521,14 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, norm: str = "layer
     Differentiable in x, shift and scale. NaN or inf in the inputs propagate (not checked: a check
     would cost a device synchronisation).
     """
-    _check_activations("x", x)
-    _check_per_sample("shift", shift, x)
-    _check_per_sample("scale", scale, x)
+    for name, t in (("x", x), ("shift", shift), ("scale", scale)):
+        check_tensor(name, t)
     check_choice("norm", norm, NORMS)
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
+    check_real("eps", eps, "a finite number > 0")
     x, shift, scale = _promoted(x, shift, scale)
     if torch.compiler.is_compiling():
-        return norm_modulate_op(x, shift, scale, norm == "rms", float(eps))[0]
-    return _NormModulate.apply(x, shift, scale, norm == "rms", float(eps))
+        return norm_modulate_op(x, shift, scale, norm == "rms", eps)[0]
+    return _NormModulate.apply(x, shift, scale, norm == "rms", eps)
 
 
 def gate_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
@@ -447,43 +537,19 @@ def gate_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     x, y: (B, ..., C) of one shape; gate: (B, C). Mixed dtypes are promoted. Differentiable in all
     three (grad_x is the incoming gradient itself; grad_y and grad_gate come from one pass).
     """
-    _check_activations("x", x)
-    _check_tensor("y", y)
-    if y.shape != x.shape:
-        raise ValueError(f"y must have the shape of x {tuple(x.shape)}; got {tuple(y.shape)}")
-    if y.device != x.device:
-        raise ValueError(f"y must be on the device of x ({x.device}); got {y.device}")
-    _check_per_sample("gate", gate, x)
+    for name, t in (("x", x), ("gate", gate), ("y", y)):
+        check_tensor(name, t)
     x, gate, y = _promoted(x, gate, y)
     if torch.compiler.is_compiling():
         return gate_residual_op(x, gate, y)
     return _GateResidual.apply(x, gate, y)
 
 
-def _check_embedding_options(dim, max_period, dtype) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int; got {dim!r}")
-    if isinstance(max_period, bool) or not isinstance(max_period, Real) or not math.isfinite(max_period) \
-            or max_period <= 0:
-        raise ValueError(f"max_period must be a finite number > 0; got {max_period!r}")
-    if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"dtype must be torch.float32, float64, bfloat16 or float16; got {dtype!r}")
-
-
-def _check_times(name: str, c) -> None:
-    if not isinstance(c, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(c).__name__}")
-    if c.is_complex() or not c.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor; got dtype {c.dtype}")
-    if c.dim() != 1 or c.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (B,) with B >= 1; got {tuple(c.shape)}")
-
-
 def _embed(c: Tensor, dim: int, max_period: float, dtype: torch.dtype) -> Tensor:
     c = c.to(torch.float64)
     if torch.compiler.is_compiling():
-        return timestep_embedding_op(c, dim, float(max_period), dtype)
-    return _TimestepEmbedding.apply(c, dim, float(max_period), dtype)
+        return timestep_embedding_op(c, dim, max_period, dtype)
+    return _TimestepEmbedding.apply(c, dim, max_period, dtype)
 
 
 def timestep_embedding(c: Tensor, dim: int, max_period: float = 10_000.0,
@@ -495,7 +561,7 @@ def timestep_embedding(c: Tensor, dim: int, max_period: float = 10_000.0,
     Differentiable in c. A non-finite c gives NaN rows (not checked: a device synchronisation).
     """
     _check_times("c", c)
-    _check_embedding_options(dim, max_period, dtype)
+    check_real("max_period", max_period, "a finite number > 0")
     return _embed(c, dim, max_period, dtype)
 
 
@@ -509,6 +575,6 @@ def timestep_embedding_pair(c_t: Tensor, c_s: Tensor, dim: int, max_period: floa
         raise ValueError(f"c_s must have the shape of c_t {tuple(c_t.shape)}; got {tuple(c_s.shape)}")
     if c_s.device != c_t.device:
         raise ValueError(f"c_s must be on the device of c_t ({c_t.device}); got {c_s.device}")
-    _check_embedding_options(dim, max_period, dtype)
+    check_real("max_period", max_period, "a finite number > 0")
     embedding = _embed(torch.cat([c_t.to(torch.float64), c_s.to(torch.float64)]), dim, max_period, dtype)
     return embedding[:c_t.shape[0]], embedding[c_t.shape[0]:]

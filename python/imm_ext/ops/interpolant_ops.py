@@ -12,21 +12,25 @@
       have another dtype than x (it is read in its own dtype), the output has x's dtype.
       Inference-only: no autograd formula is registered (it runs under torch.inference_mode).
 Computation is in the accumulation dtype (float64 for float64, float32 otherwise). Tensors on a
-device without a compiled kernel take a pure-PyTorch path.
+device without a compiled kernel take a pure-PyTorch path. Both ops (and their fakes) run
+`_check_interpolant_pair` / `_check_sampler_step` first: shapes, dtypes and devices the kernels
+rely on, guidance finite in the accumulation dtype, and the coefficients finite (read in the op
+body, so in every mode; under torch.compile too).
 """
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Optional, Tuple
 
 import torch
 
 from .. import _core
 from .device import has_kernel, run_kernel
-from .options import SUPPORTED_DTYPES, accumulate_dtype
+from .checks import (accumulate_dtype, check_finite_values, check_int, check_like, check_real, check_scalar,
+                     check_shape, check_tensor)
 
 Tensor = torch.Tensor
+
+COEFFICIENTS = ("alpha_t", "sigma_t", "alpha_r", "sigma_r")  # the columns of interpolant_pair's table
 
 
 def _dtype_code(dtype: torch.dtype) -> int:
@@ -43,11 +47,77 @@ def _per_sample_view(c: Tensor, x: Tensor, repeats: int = 1) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Argument checks (the public functions and the ops)
+
+def _check_data(name: str, t, like: Optional[Tensor] = None, same_dtype: bool = True) -> None:
+    check_tensor(name, t)
+    if t.dim() < 1 or t.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, ...) with B >= 1; got {tuple(t.shape)}")
+    if like is not None:
+        check_like(name, t, like, "x", shape=True, dtype=same_dtype)
+
+
+def _check_coefficient_type(name: str, c, size: int, device: torch.device) -> None:
+    """c a (size,) real floating tensor on `device` that needs no gradient (metadata only)."""
+    check_tensor(name, c, (torch.float64, torch.float32, torch.bfloat16, torch.float16),
+                 "a floating-point tensor")
+    if c.requires_grad:
+        raise ValueError(f"{name} must not require grad: no gradient flows to the coefficients "
+                         f"(pass {name}.detach())")
+    check_shape(name, c, (size,), "(G,)" if name in COEFFICIENTS else "(B,)")
+    if c.device != device:
+        raise ValueError(f"{name} must be on the device of x ({device}); got {c.device}")
+
+
+def _check_float64_table(name: str, c: Tensor, shape: tuple, what: str, x: Tensor) -> None:
+    check_tensor(name, c, (torch.float64,), "float64")
+    check_shape(name, c, shape, what)
+    check_like(name, c, x, "x")
+
+
+def _groups(x: Tensor, particles) -> int:
+    check_int("particles", particles, 1)
+    if x.shape[0] % particles:
+        raise ValueError(f"batch size B = {x.shape[0]} must be divisible by particles = {particles}")
+    return x.shape[0] // particles
+
+
+def _check_interpolant_pair(x, noise, coefficients, particles) -> None:
+    _check_data("x", x)
+    _check_data("noise", noise, like=x)
+    groups = _groups(x, particles)
+    check_tensor("coefficients", coefficients, (torch.float64,), "float64")
+    check_like("coefficients", coefficients, x, "x")
+    # Rows beyond the first G = B / particles are never read (tests/test_interpolant_ops.py's opcheck
+    # passes a longer table); fewer would be read out of bounds.
+    if coefficients.dim() != 2 or coefficients.shape[1] != 4 or coefficients.shape[0] < groups:
+        raise ValueError(f"coefficients must have shape (G, 4) with G >= B / particles = {groups}; "
+                         f"got {tuple(coefficients.shape)}")
+    try:
+        check_finite_values("coefficients", coefficients[:groups])
+    except ValueError:  # name the column (in the forward's order; the backward's table is finite)
+        bad = next(j for j in range(4) if not bool(torch.isfinite(coefficients[:groups, j]).all()))
+        raise ValueError(f"{COEFFICIENTS[bad]} must be finite (column {bad} of coefficients)") from None
+
+
+def _check_sampler_step(x, g_cond, g_uncond, c_skip, c_out, guidance) -> None:
+    _check_data("x", x)
+    _check_data("g_cond", g_cond, like=x, same_dtype=False)
+    if g_uncond is not None:
+        _check_data("g_uncond", g_uncond, like=x, same_dtype=False)
+    for name, c in (("c_skip", c_skip), ("c_out", c_out)):
+        _check_float64_table(name, c, (x.shape[0],), "(B,)", x)
+        check_finite_values(name, c)
+    check_scalar("guidance", guidance, accumulate_dtype(x.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
 # imm_ext::interpolant_pair
 
 @torch.library.custom_op("imm_ext::interpolant_pair", mutates_args=())
 def interpolant_pair_op(x: Tensor, noise: Tensor, coefficients: Tensor, particles: int) -> Tuple[Tensor, Tensor]:
     """(x_t, x_r) in x's dtype; coefficients a float64 (B / particles, 4) table."""
+    _check_interpolant_pair(x, noise, coefficients, particles)
     x, noise, coefficients = x.contiguous(), noise.contiguous(), coefficients.contiguous()
     if not has_kernel(x):
         acc = accumulate_dtype(x.dtype)
@@ -62,6 +132,7 @@ def interpolant_pair_op(x: Tensor, noise: Tensor, coefficients: Tensor, particle
 
 @interpolant_pair_op.register_fake
 def _(x, noise, coefficients, particles):
+    _check_interpolant_pair(x, noise, coefficients, particles)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
@@ -96,6 +167,7 @@ interpolant_pair_op.register_autograd(_interpolant_backward, setup_context=_inte
 def sampler_step_op(x: Tensor, g_cond: Tensor, g_uncond: Optional[Tensor], c_skip: Tensor, c_out: Tensor,
                     guidance: float) -> Tensor:
     """c_skip x + c_out G in x's dtype (inference-only: no autograd)."""
+    _check_sampler_step(x, g_cond, g_uncond, c_skip, c_out, guidance)
     x, g_cond, c_skip, c_out = x.contiguous(), g_cond.contiguous(), c_skip.contiguous(), c_out.contiguous()
     g_uncond = None if g_uncond is None else g_uncond.contiguous().to(g_cond.dtype)
     if not has_kernel(x):
@@ -114,46 +186,12 @@ def sampler_step_op(x: Tensor, g_cond: Tensor, g_uncond: Optional[Tensor], c_ski
 
 @sampler_step_op.register_fake
 def _(x, g_cond, g_uncond, c_skip, c_out, guidance):
+    _check_sampler_step(x, g_cond, g_uncond, c_skip, c_out, guidance)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 # ---------------------------------------------------------------------------------------------
-# Public wrappers: argument checks, then the ops.
-
-def _check_data(name: str, t, like: Optional[Tensor] = None, same_dtype: bool = True) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, bfloat16 or float16; got {t.dtype}")
-    if t.dim() < 1 or t.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (B, ...) with B >= 1; got {tuple(t.shape)}")
-    if like is not None:
-        if t.device != like.device:
-            raise ValueError(f"{name} must be on the device of x ({like.device}); got {t.device}")
-        if t.shape != like.shape:
-            raise ValueError(f"{name} must have the shape of x {tuple(like.shape)}; got {tuple(t.shape)}")
-        if same_dtype and t.dtype != like.dtype:
-            raise TypeError(f"{name} must have the dtype of x ({like.dtype}); got {t.dtype}")
-
-
-def _coefficient(name: str, c, size: int, device: torch.device) -> Tensor:
-    """A (size,) float64 constant on `device`; finite values checked outside torch.compile."""
-    if not isinstance(c, torch.Tensor):
-        raise TypeError(f"{name} must be a float64 tensor of shape ({size},); got {type(c).__name__}")
-    if c.is_complex() or not c.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor; got dtype {c.dtype}")
-    if c.requires_grad:
-        raise ValueError(f"{name} must not require grad: no gradient flows to the coefficients "
-                         f"(pass {name}.detach())")
-    if c.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},); got {tuple(c.shape)}")
-    if c.device != device:
-        raise ValueError(f"{name} must be on the device of x ({device}); got {c.device}")
-    c = c.to(torch.float64)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(c).all()):
-        raise ValueError(f"{name} must be finite")
-    return c
-
+# Public wrappers: what the ops cannot see (the coefficients before they are stacked), then the ops.
 
 def interpolant_pair(x: Tensor, noise: Tensor, alpha_t: Tensor, sigma_t: Tensor, alpha_r: Tensor,
                      sigma_r: Tensor, particles: int) -> Tuple[Tensor, Tensor]:
@@ -164,14 +202,12 @@ def interpolant_pair(x: Tensor, noise: Tensor, alpha_t: Tensor, sigma_t: Tensor,
     in x and noise (not in the coefficients).
     """
     _check_data("x", x)
-    _check_data("noise", noise, like=x)
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"particles must be a positive int; got {particles!r}")
-    if x.shape[0] % particles:
-        raise ValueError(f"batch size B = {x.shape[0]} must be divisible by particles = {particles}")
-    groups = x.shape[0] // particles
-    coefficients = torch.stack([_coefficient(name, c, groups, x.device) for name, c in (
-        ("alpha_t", alpha_t), ("sigma_t", sigma_t), ("alpha_r", alpha_r), ("sigma_r", sigma_r))], 1)
+    check_tensor("noise", noise)
+    groups = _groups(x, particles)
+    named = tuple(zip(COEFFICIENTS, (alpha_t, sigma_t, alpha_r, sigma_r)))
+    for name, c in named:
+        _check_coefficient_type(name, c, groups, x.device)
+    coefficients = torch.stack([c.to(torch.float64) for _, c in named], 1)
     return interpolant_pair_op(x, noise, coefficients, particles)
 
 
@@ -185,13 +221,14 @@ def sampler_step(x: Tensor, g_cond: Tensor, c_skip: Tensor, c_out: Tensor, g_unc
     Inference-only (no gradient). `guidance` is required with g_uncond and ignored without it.
     """
     _check_data("x", x)
-    _check_data("g_cond", g_cond, like=x, same_dtype=False)
+    check_tensor("g_cond", g_cond)
     w = 1.0
     if g_uncond is not None:
-        _check_data("g_uncond", g_uncond, like=x, same_dtype=False)
-        if isinstance(guidance, bool) or not isinstance(guidance, Real) or not math.isfinite(guidance):
-            raise ValueError(f"guidance must be a finite float when g_uncond is given; got {guidance!r}")
-        w = float(guidance)
-    c_skip = _coefficient("c_skip", c_skip, x.shape[0], x.device)
-    c_out = _coefficient("c_out", c_out, x.shape[0], x.device)
-    return sampler_step_op(x, g_cond, g_uncond, c_skip, c_out, w)
+        check_tensor("g_uncond", g_uncond)
+        if guidance is None:
+            raise ValueError("guidance must be a finite float when g_uncond is given; got None")
+        check_real("guidance", guidance, "a finite float when g_uncond is given")
+        w = guidance
+    for name, c in (("c_skip", c_skip), ("c_out", c_out)):
+        _check_coefficient_type(name, c, x.shape[0], x.device)
+    return sampler_step_op(x, g_cond, g_uncond, c_skip.to(torch.float64), c_out.to(torch.float64), w)

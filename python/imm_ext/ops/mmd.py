@@ -45,7 +45,8 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "laplace", bandw
     n, m = sets.x.shape[1], sets.y.shape[1]
     if estimator == "unbiased" and min(n, m) < 2:
         raise ValueError(f"estimator='unbiased' needs at least 2 points in x and in y; got N={n}, M={m}")
-    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype))
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype),
+                        check_values=False)
     scale = resolve_distance_scale(distance_scale, sets.dim)
     eps = check_eps(eps)
     means = _block_means(sets, h, kernel, scale, eps)
@@ -67,7 +68,8 @@ def mmd_terms(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "laplace", band
     the three terms (paper Eq. 67: repulsion among y_t, the constant k(y_r, y_r), the attraction)."""
     check_choice("kernel", kernel, KERNELS)
     sets = check_point_sets(x, y)
-    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype))
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype),
+                        check_values=False)
     means = _block_means(sets, h, kernel, resolve_distance_scale(distance_scale, sets.dim), check_eps(eps))
     return means if sets.batched else means[0]
 
@@ -106,7 +108,8 @@ def pairwise_kernel(x: torch.Tensor, y: torch.Tensor, *, kernel: str, bandwidth:
     """
     check_choice("kernel", kernel, KERNELS)
     sets = check_point_sets(x, y)
-    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype))
+    h = bandwidth_table(bandwidth, sets.groups, kernel, sets.x.device, accumulate_dtype(sets.x.dtype),
+                        check_values=False)
     scale = resolve_distance_scale(distance_scale, sets.dim)
     k = pairwise_ops.pairwise_kernel_matrix(sets.x, sets.y, h, kernel, scale, check_eps(eps))
     return k if sets.batched else k[0]

@@ -8,6 +8,9 @@ Three ops, all on (G, N, D) point sets and a (G, K) bandwidth table in the accum
 The weights w_s may be any strided view (stride 0 for a per-set scalar), so the MMD backward is one
 pass over each side and never materialises an N x M matrix. Tensors on a device without a compiled
 kernel (CUDA when built without nvcc, MPS, ...) take the pure-PyTorch path of reference.py.
+Each op and its fake kernel first run options.check_pair_op / check_pair_gradient_op: whoever calls
+them (the public functions, torch.ops.imm_ext directly, a compiled graph) gets a ValueError or
+TypeError naming the argument instead of a kernel reading out of bounds.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 from .. import _core
 from . import reference
 from .device import has_kernel, run_kernel
-from .options import accumulate_dtype
+from .options import accumulate_dtype, check_pair_gradient_op, check_pair_op
 
 Tensor = torch.Tensor
 
@@ -45,6 +48,7 @@ def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, dista
 def mmd_block_sums(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distance_scale: float,
                    eps: float) -> Tensor:
     """Per-set sums of the three kernel blocks, (G, 3) in the accumulation dtype."""
+    check_pair_op(x, y, bandwidth, kernel, distance_scale, eps)
     x, y, bandwidth = x.contiguous(), y.contiguous(), bandwidth.contiguous()
     acc = accumulate_dtype(x.dtype)
     if not has_kernel(x):
@@ -61,6 +65,7 @@ def mmd_block_sums(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distanc
 
 @mmd_block_sums.register_fake
 def _(x, y, bandwidth, kernel, distance_scale, eps):
+    check_pair_op(x, y, bandwidth, kernel, distance_scale, eps)
     return x.new_empty((x.shape[0], 3), dtype=accumulate_dtype(x.dtype))
 
 
@@ -94,6 +99,7 @@ mmd_block_sums.register_autograd(_mmd_block_sums_backward, setup_context=_save_p
 def pairwise_kernel_matrix(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distance_scale: float,
                            eps: float) -> Tensor:
     """(G, N, M) matrix k(x_i, y_j), summed over bandwidths, in the dtype of x."""
+    check_pair_op(x, y, bandwidth, kernel, distance_scale, eps)
     x, y, bandwidth = x.contiguous(), y.contiguous(), bandwidth.contiguous()
     acc = accumulate_dtype(x.dtype)
     if not has_kernel(x):
@@ -105,6 +111,7 @@ def pairwise_kernel_matrix(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str,
 
 @pairwise_kernel_matrix.register_fake
 def _(x, y, bandwidth, kernel, distance_scale, eps):
+    check_pair_op(x, y, bandwidth, kernel, distance_scale, eps)
     return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
 
 
@@ -130,6 +137,7 @@ def pair_gradient(rows: Tensor, cols0: Tensor, weight0: Tensor, cols1: Optional[
                   weight1: Optional[Tensor], bandwidth: Tensor, kernel: str, distance_scale: float,
                   eps: float) -> Tensor:
     """sum_s sum_j w_s[g, i, j] * d k(rows_i, cols^s_j) / d rows_i, shaped and typed like rows."""
+    check_pair_gradient_op(rows, cols0, weight0, cols1, weight1, bandwidth, kernel, distance_scale, eps)
     rows, bandwidth = rows.contiguous(), bandwidth.contiguous()
     sets = [(cols0.contiguous(), weight0)]
     if cols1 is not None:
@@ -143,6 +151,7 @@ def pair_gradient(rows: Tensor, cols0: Tensor, weight0: Tensor, cols1: Optional[
 
 @pair_gradient.register_fake
 def _(rows, cols0, weight0, cols1, weight1, bandwidth, kernel, distance_scale, eps):
+    check_pair_gradient_op(rows, cols0, weight0, cols1, weight1, bandwidth, kernel, distance_scale, eps)
     return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
