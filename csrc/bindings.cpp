@@ -18,6 +18,9 @@
 #include "cpu/conditioning_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/interpolant_cpu.h"
+#if defined(IMM_EXT_CUDA_EMULATION)
+#include "emulation/schedule.h"
+#endif
 #if defined(IMM_EXT_WITH_CUDA)
 #include "cuda/activation_cuda.h"
 #include "cuda/attention_cuda.h"
@@ -391,6 +394,11 @@ py::dict build_info() {
 #endif
   info["cpu_isa"] = imm::cpu::selected_isa();
   info["openmp_threads"] = omp_get_max_threads();
+#if defined(IMM_EXT_CUDA_EMULATION)
+  info["cuda_emulation"] = true;
+#else
+  info["cuda_emulation"] = false;
+#endif
   return info;
 }
 
@@ -436,7 +444,11 @@ void gelu_tanh_backward(int dtype, int64_t n, std::uintptr_t grad, std::uintptr_
 }
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+#if !defined(IMM_EXT_MODULE_NAME)
+#define IMM_EXT_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(IMM_EXT_MODULE_NAME, m) {
   m.doc() = "imm_ext compiled core: pairwise, interpolant, conditioning and attention kernels on raw pointers (CPU and CUDA)";
   m.def("pair_task", &pair_task, "Run one PairTask (see csrc/common/pair_task.h)", py::arg("mode"),
         py::arg("dtype"), py::arg("kind"), py::arg("groups"), py::arg("dim"), py::arg("rows"),
@@ -497,5 +509,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;
+#endif
+#if defined(IMM_EXT_CUDA_EMULATION)
+  m.def("set_schedule", &imm::emu::set_schedule,
+        "Order of the emulated CUDA launches' blocks, warps and lanes: 'forward', 'reverse' or 'random'",
+        py::arg("order"), py::arg("seed") = 0);
+  m.def("schedule", &imm::emu::schedule_name, "The emulated launches' current order");
 #endif
 }

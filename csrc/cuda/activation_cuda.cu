@@ -38,8 +38,8 @@ void gelu_tanh_forward(DType dtype, int64_t n, const void* x, void* out, std::ui
   if (n == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    gelu_tanh_forward_kernel<In><<<grid_stride_blocks(n, kThreads), kThreads, 0, as_stream(stream)>>>(
-        n, static_cast<const In*>(x), static_cast<In*>(out));
+    launch_kernel("gelu_tanh_forward", gelu_tanh_forward_kernel<In>, grid_stride_blocks(n, kThreads), kThreads, 0,
+                  as_stream(stream), n, static_cast<const In*>(x), static_cast<In*>(out));
   });
   check_launch("gelu_tanh_forward");
 }
@@ -48,8 +48,9 @@ void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x,
   if (n == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    gelu_tanh_backward_kernel<In><<<grid_stride_blocks(n, kThreads), kThreads, 0, as_stream(stream)>>>(
-        n, static_cast<const In*>(grad), static_cast<const In*>(x), static_cast<In*>(grad_x));
+    launch_kernel("gelu_tanh_backward", gelu_tanh_backward_kernel<In>, grid_stride_blocks(n, kThreads), kThreads, 0,
+                  as_stream(stream), n, static_cast<const In*>(grad), static_cast<const In*>(x),
+                  static_cast<In*>(grad_x));
   });
   check_launch("gelu_tanh_backward");
 }

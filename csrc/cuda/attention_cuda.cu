@@ -27,6 +27,7 @@
 #include "../common/attention.h"
 #include "../common/dtype.h"
 #include "launch.cuh"
+#include "shared_memory.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -97,8 +98,8 @@ template <class In, int kDim>
 __global__ void __launch_bounds__(block_threads<In>()) attention_forward_kernel(AttentionForwardTask task) {
   using T = acc_t<In>;
   constexpr int kTile = tile_rows<T>(), kCols = kDim / kQuad;
-  __shared__ T keys[kTile][kDim];
-  __shared__ T values[kTile][kDim];
+  IMM_SHARED(T, keys, [kTile][kDim]);
+  IMM_SHARED(T, values, [kTile][kDim]);
   const AttentionShape& shape = task.shape;
   const int64_t b = blockIdx.x / shape.heads, h = blockIdx.x % shape.heads;
   const int lane = threadIdx.x % kQuad;
@@ -157,9 +158,10 @@ template <class In, int kDim>
 __global__ void __launch_bounds__(block_threads<In>()) attention_key_gradient_kernel(AttentionBackwardTask task) {
   using T = acc_t<In>;
   constexpr int kTile = tile_rows<T>(), kCols = kDim / kQuad;
-  __shared__ T queries[kTile][kDim];
-  __shared__ T grads[kTile][kDim];  // dO
-  __shared__ T lse[kTile], delta[kTile];
+  IMM_SHARED(T, queries, [kTile][kDim]);
+  IMM_SHARED(T, grads, [kTile][kDim]);  // dO
+  IMM_SHARED(T, lse, [kTile]);
+  IMM_SHARED(T, delta, [kTile]);
   const AttentionShape& shape = task.shape;
   const int64_t b = blockIdx.x / shape.heads, h = blockIdx.x % shape.heads;
   const int row = threadIdx.x / kQuad, lane = threadIdx.x % kQuad;
@@ -222,8 +224,8 @@ template <class In, int kDim>
 __global__ void __launch_bounds__(block_threads<In>()) attention_query_gradient_kernel(AttentionBackwardTask task) {
   using T = acc_t<In>;
   constexpr int kTile = tile_rows<T>(), kCols = kDim / kQuad;
-  __shared__ T keys[kTile][kDim];
-  __shared__ T values[kTile][kDim];
+  IMM_SHARED(T, keys, [kTile][kDim]);
+  IMM_SHARED(T, values, [kTile][kDim]);
   const AttentionShape& shape = task.shape;
   const int64_t b = blockIdx.x / shape.heads, h = blockIdx.x % shape.heads;
   const int lane = threadIdx.x % kQuad;
@@ -301,8 +303,8 @@ void attention_forward(const AttentionForwardTask& task, std::uintptr_t stream) 
   const cudaStream_t s = as_stream(stream);
   dispatch(task.shape, [&](auto tag, auto dim) {
     using In = decltype(tag);
-    attention_forward_kernel<In, decltype(dim)::value>
-        <<<grid_for<In>(task.shape, task.shape.q_len), block_threads<In>(), 0, s>>>(task);
+    launch_kernel("attention_forward", attention_forward_kernel<In, decltype(dim)::value>,
+                  grid_for<In>(task.shape, task.shape.q_len), block_threads<In>(), 0, s, task);
     check_launch("attention forward");
   });
 }
@@ -311,11 +313,11 @@ void attention_backward(const AttentionBackwardTask& task, std::uintptr_t stream
   const cudaStream_t s = as_stream(stream);
   dispatch(task.shape, [&](auto tag, auto dim) {
     using In = decltype(tag);
-    attention_key_gradient_kernel<In, decltype(dim)::value>
-        <<<grid_for<In>(task.shape, task.shape.kv_len), block_threads<In>(), 0, s>>>(task);
+    launch_kernel("attention_key_gradient", attention_key_gradient_kernel<In, decltype(dim)::value>,
+                  grid_for<In>(task.shape, task.shape.kv_len), block_threads<In>(), 0, s, task);
     check_launch("attention dK/dV");
-    attention_query_gradient_kernel<In, decltype(dim)::value>
-        <<<grid_for<In>(task.shape, task.shape.q_len), block_threads<In>(), 0, s>>>(task);
+    launch_kernel("attention_query_gradient", attention_query_gradient_kernel<In, decltype(dim)::value>,
+                  grid_for<In>(task.shape, task.shape.q_len), block_threads<In>(), 0, s, task);
     check_launch("attention dQ");
   });
 }

@@ -16,6 +16,7 @@
 
 #include "conditioning_cuda.h"
 #include "launch.cuh"
+#include "shared_memory.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -57,9 +58,9 @@ __global__ void sum_token_chunks_kernel(ConditioningShape shape, int64_t chunks,
 template <class In, class T>
 void sum_token_chunks(ConditioningShape shape, int64_t chunks, int parts, const T* partials, In* out0, In* out1,
                       cudaStream_t stream) {
-  sum_token_chunks_kernel<In, T>
-      <<<blocks_of(shape.batch * parts * shape.channels, kThreads), kThreads, 0, stream>>>(shape, chunks, parts,
-                                                                                           partials, out0, out1);
+  launch_kernel("sum_token_chunks", sum_token_chunks_kernel<In, T>,
+                blocks_of(shape.batch * parts * shape.channels, kThreads), kThreads, 0, stream, shape, chunks, parts,
+                partials, out0, out1);
   check_launch("sum_token_chunks");
 }
 
@@ -105,7 +106,7 @@ __global__ void norm_modulate_backward_kernel(ConditioningShape shape, int64_t c
                                               const acc_t<In>* __restrict__ stats, const In* __restrict__ scale,
                                               In* __restrict__ grad_x, acc_t<In>* __restrict__ partials) {
   using T = acc_t<In>;
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  IMM_DYNAMIC_SHARED(shared_bytes);
   T* means = reinterpret_cast<T*>(shared_bytes);
   T* rstds = means + chunk_tokens;
   T* mean_dxhats = rstds + chunk_tokens;
@@ -254,10 +255,10 @@ void norm_modulate_forward(DType dtype, ConditioningShape shape, bool rms, doubl
     using In = decltype(tag);
     using T = acc_t<In>;
     dispatch_norm(rms, [&](auto is_rms) {
-      norm_modulate_forward_kernel<In, decltype(is_rms)::value>
-          <<<blocks_of(rows, kWarpsPerBlock), kThreads, 0, as_stream(stream)>>>(
-              shape, static_cast<T>(eps), static_cast<const In*>(x), static_cast<const In*>(shift),
-              static_cast<const In*>(scale), static_cast<In*>(out), static_cast<T*>(stats));
+      launch_kernel("norm_modulate_forward", norm_modulate_forward_kernel<In, decltype(is_rms)::value>,
+                    blocks_of(rows, kWarpsPerBlock), kThreads, 0, as_stream(stream), shape, static_cast<T>(eps),
+                    static_cast<const In*>(x), static_cast<const In*>(shift), static_cast<const In*>(scale),
+                    static_cast<In*>(out), static_cast<T*>(stats));
     });
   });
   check_launch("norm_modulate_forward");
@@ -273,11 +274,10 @@ void norm_modulate_backward(DType dtype, ConditioningShape shape, int64_t chunk_
     using T = acc_t<In>;
     const std::size_t shared = 4 * static_cast<std::size_t>(chunk_tokens) * sizeof(T);
     dispatch_norm(rms, [&](auto is_rms) {
-      norm_modulate_backward_kernel<In, decltype(is_rms)::value>
-          <<<static_cast<unsigned>(shape.batch * chunks), kThreads, shared, as_stream(stream)>>>(
-              shape, chunk_tokens, static_cast<const In*>(grad), static_cast<const In*>(x),
-              static_cast<const T*>(stats), static_cast<const In*>(scale), static_cast<In*>(grad_x),
-              static_cast<T*>(partials));
+      launch_kernel("norm_modulate_backward", norm_modulate_backward_kernel<In, decltype(is_rms)::value>,
+                    static_cast<unsigned>(shape.batch * chunks), kThreads, shared, as_stream(stream), shape,
+                    chunk_tokens, static_cast<const In*>(grad), static_cast<const In*>(x), static_cast<const T*>(stats),
+                    static_cast<const In*>(scale), static_cast<In*>(grad_x), static_cast<T*>(partials));
     });
     check_launch("norm_modulate_backward");
     sum_token_chunks(shape, chunks, 2, static_cast<const T*>(partials), static_cast<In*>(grad_shift),
@@ -291,9 +291,9 @@ void gate_residual_forward(DType dtype, ConditioningShape shape, const void* x, 
   if (total == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    gate_residual_forward_kernel<In><<<grid_stride_blocks(total, kThreads), kThreads, 0, as_stream(stream)>>>(
-        shape, static_cast<const In*>(x), static_cast<const In*>(gate), static_cast<const In*>(y),
-        static_cast<In*>(out));
+    launch_kernel("gate_residual_forward", gate_residual_forward_kernel<In>, grid_stride_blocks(total, kThreads),
+                  kThreads, 0, as_stream(stream), shape, static_cast<const In*>(x), static_cast<const In*>(gate),
+                  static_cast<const In*>(y), static_cast<In*>(out));
   });
   check_launch("gate_residual_forward");
 }
@@ -306,10 +306,10 @@ void gate_residual_backward(DType dtype, ConditioningShape shape, int64_t chunk_
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
     using T = acc_t<In>;
-    gate_residual_backward_kernel<In>
-        <<<static_cast<unsigned>(shape.batch * chunks), kThreads, 0, as_stream(stream)>>>(
-            shape, chunk_tokens, static_cast<const In*>(grad), static_cast<const In*>(gate),
-            static_cast<const In*>(y), static_cast<In*>(grad_y), static_cast<T*>(partials));
+    launch_kernel("gate_residual_backward", gate_residual_backward_kernel<In>,
+                  static_cast<unsigned>(shape.batch * chunks), kThreads, 0, as_stream(stream), shape, chunk_tokens,
+                  static_cast<const In*>(grad), static_cast<const In*>(gate), static_cast<const In*>(y),
+                  static_cast<In*>(grad_y), static_cast<T*>(partials));
     check_launch("gate_residual_backward");
     sum_token_chunks(shape, chunks, 1, static_cast<const T*>(partials), static_cast<In*>(grad_gate),
                      static_cast<In*>(nullptr), as_stream(stream));
@@ -322,8 +322,8 @@ void timestep_embedding_forward(DType out_dtype, int64_t rows, int64_t dim, doub
   dispatch_dtype(out_dtype, [&](auto tag) {
     using Out = decltype(tag);
     const int64_t threads = rows * (dim / 2 + dim % 2);
-    timestep_embedding_forward_kernel<Out><<<blocks_of(threads, kThreads), kThreads, 0, as_stream(stream)>>>(
-        rows, dim, log_max_period, c, static_cast<Out*>(out));
+    launch_kernel("timestep_embedding_forward", timestep_embedding_forward_kernel<Out>, blocks_of(threads, kThreads),
+                  kThreads, 0, as_stream(stream), rows, dim, log_max_period, c, static_cast<Out*>(out));
   });
   check_launch("timestep_embedding_forward");
 }
@@ -333,8 +333,8 @@ void timestep_embedding_backward(DType grad_dtype, int64_t rows, int64_t dim, do
   if (rows == 0) return;
   dispatch_dtype(grad_dtype, [&](auto tag) {
     using G = decltype(tag);
-    timestep_embedding_backward_kernel<G><<<blocks_of(rows, kWarpsPerBlock), kThreads, 0, as_stream(stream)>>>(
-        rows, dim, log_max_period, c, static_cast<const G*>(grad), grad_c);
+    launch_kernel("timestep_embedding_backward", timestep_embedding_backward_kernel<G>, blocks_of(rows, kWarpsPerBlock),
+                  kThreads, 0, as_stream(stream), rows, dim, log_max_period, c, static_cast<const G*>(grad), grad_c);
   });
   check_launch("timestep_embedding_backward");
 }

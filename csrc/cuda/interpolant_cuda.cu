@@ -58,9 +58,9 @@ void interpolant_pair(DType dtype, int64_t batch, int64_t per_sample, int64_t pa
   const cudaStream_t s = as_stream(stream);
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
-    interpolant_pair_kernel<In><<<grid_stride_blocks(total, kThreads), kThreads, 0, s>>>(
-        total, per_sample, particles, static_cast<const In*>(x), static_cast<const In*>(noise),
-        coefficients, static_cast<In*>(x_t), static_cast<In*>(x_r));
+    launch_kernel("interpolant_pair", interpolant_pair_kernel<In>, grid_stride_blocks(total, kThreads), kThreads, 0, s,
+                  total, per_sample, particles, static_cast<const In*>(x), static_cast<const In*>(noise), coefficients,
+                  static_cast<In*>(x_t), static_cast<In*>(x_r));
   });
   check_launch("interpolant_pair");
 }
@@ -81,11 +81,11 @@ void sampler_step(DType state_dtype, DType g_dtype, int64_t batch, int64_t per_s
       const G* gu = static_cast<const G*>(g_uncond);
       S* o = static_cast<S*>(out);
       if (gu != nullptr)
-        sampler_step_kernel<S, G, true><<<blocks, kThreads, 0, s>>>(total, per_sample, xs, gc, gu, c_skip,
-                                                                    c_out, guidance, o);
+        launch_kernel("sampler_step", sampler_step_kernel<S, G, true>, blocks, kThreads, 0, s, total, per_sample, xs,
+                      gc, gu, c_skip, c_out, guidance, o);
       else
-        sampler_step_kernel<S, G, false><<<blocks, kThreads, 0, s>>>(total, per_sample, xs, gc, gu, c_skip,
-                                                                     c_out, guidance, o);
+        launch_kernel("sampler_step", sampler_step_kernel<S, G, false>, blocks, kThreads, 0, s, total, per_sample, xs,
+                      gc, gu, c_skip, c_out, guidance, o);
     });
   });
   check_launch("sampler_step");

@@ -1,5 +1,5 @@
-// Host-side launch helpers shared by every CUDA kernel file: the caller's stream, block counts, and
-// the check that turns a failed launch into a Python exception.
+// Host-side launch helpers shared by every CUDA kernel file: the launch itself, the caller's stream,
+// block counts, and the check that turns a failed launch into a Python exception.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,8 +8,24 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace imm::cuda {
+
+// kernel<<<grid, block, shared_bytes, stream>>>(arguments...), written as a call so that the emulated
+// build (csrc/emulation) runs the same launch on the CPU; `name` is what errors call the kernel.
+template <class... Parameters, class... Arguments>
+void launch_kernel(const char* name, void (*kernel)(Parameters...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                   cudaStream_t stream, Arguments&&... arguments) {
+#if defined(IMM_EXT_EMULATED_CUDA)
+  (void)stream;
+  auto body = [&] { kernel(arguments...); };
+  ::imm::emu::launch(name, grid, block, shared_bytes, body);
+#else
+  (void)name;
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Arguments>(arguments)...);
+#endif
+}
 
 inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 

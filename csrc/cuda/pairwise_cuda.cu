@@ -28,6 +28,7 @@
 #include "../common/kernel_math.h"
 #include "../common/pair_task.h"
 #include "launch.cuh"
+#include "shared_memory.cuh"
 
 namespace imm::cuda {
 namespace {
@@ -149,9 +150,9 @@ template <class In, KernelKind K, PairMode M>
 __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
   using T = acc_t<In>;
   constexpr int kChunk = M == PairMode::Gradient ? kPhiCols<T> : 1;
-  __shared__ T ih[kMaxBandwidths];
-  __shared__ T partial[kWideThreads];
-  __shared__ T phi[kTileRows * kChunk];  // gradient: phi * weight of (row, column in chunk)
+  IMM_SHARED(T, ih, [kMaxBandwidths]);
+  IMM_SHARED(T, partial, [kWideThreads]);
+  IMM_SHARED(T, phi, [kTileRows * kChunk]);  // gradient: phi * weight of (row, column in chunk)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int pr = lane / kTileCols, pc = lane % kTileCols;  // warp 0: this lane's pair in a tile
@@ -321,8 +322,8 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
   using T = acc_t<In>;
   constexpr int kPitch = narrow_pitch<T, MAXD>();
   constexpr int kVec = 16 / sizeof(T);
-  __shared__ T ih[kMaxBandwidths];
-  __shared__ __align__(16) T tile[kNarrowCols * kPitch];
+  IMM_SHARED(T, ih, [kMaxBandwidths]);
+  IMM_SHARED_ALIGNED(T, tile, [kNarrowCols * kPitch], 16);
 
   const int P = 1 << lanes_log2;
   const int tid = threadIdx.x, p = tid & (P - 1);
@@ -474,21 +475,21 @@ void launch(const PairTask& task, cudaStream_t stream) {
     const int64_t rows_per_block = kNarrowThreads >> lg;
     const unsigned grid = grid_for(a.groups * ((a.n_rows + rows_per_block - 1) / rows_per_block));
     if (a.dim <= 4) {
-      narrow_kernel<In, K, M, 4><<<grid, kNarrowThreads, 0, stream>>>(a, lg);
+      launch_kernel("narrow", narrow_kernel<In, K, M, 4>, grid, kNarrowThreads, 0, stream, a, lg);
     } else if (a.dim <= 8) {
-      narrow_kernel<In, K, M, 8><<<grid, kNarrowThreads, 0, stream>>>(a, lg);
+      launch_kernel("narrow", narrow_kernel<In, K, M, 8>, grid, kNarrowThreads, 0, stream, a, lg);
     } else if (a.dim <= 16) {
-      narrow_kernel<In, K, M, 16><<<grid, kNarrowThreads, 0, stream>>>(a, lg);
+      launch_kernel("narrow", narrow_kernel<In, K, M, 16>, grid, kNarrowThreads, 0, stream, a, lg);
     } else if constexpr (kNarrowMaxDim<T> == 64) {
       if (a.dim <= 32) {
-        narrow_kernel<In, K, M, 32><<<grid, kNarrowThreads, 0, stream>>>(a, lg);
+        launch_kernel("narrow", narrow_kernel<In, K, M, 32>, grid, kNarrowThreads, 0, stream, a, lg);
       } else {
-        narrow_kernel<In, K, M, 64><<<grid, kNarrowThreads, 0, stream>>>(a, lg);
+        launch_kernel("narrow", narrow_kernel<In, K, M, 64>, grid, kNarrowThreads, 0, stream, a, lg);
       }
     }
   } else {
     const unsigned grid = grid_for(a.groups * ((a.n_rows + kTileRows - 1) / kTileRows));
-    wide_kernel<In, K, M><<<grid, kWideThreads, 0, stream>>>(a);
+    launch_kernel("wide", wide_kernel<In, K, M>, grid, kWideThreads, 0, stream, a);
   }
   check_launch("pair_task");
 }

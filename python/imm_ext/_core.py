@@ -10,6 +10,11 @@ import torch  # noqa: F401  (load order: torch's libgomp before _C)
 
 from . import _C
 
+try:  # the CUDA kernels compiled for the CPU (IMM_EXT_CUDA_EMULATION=ON builds only; see ops/device.py)
+    from . import _C_emu
+except ImportError:
+    _C_emu = None
+
 # Codes of csrc/common/pair_task.h and csrc/common/dtype.h.
 MODE_ROW_SUMS, MODE_MATRIX, MODE_GRADIENT = 0, 1, 2
 DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
@@ -18,14 +23,15 @@ KERNEL_CODES = {"laplace": 0, "gaussian": 1, "energy": 2, "imq": 3}
 WITH_CUDA: bool = bool(_C.with_cuda)
 
 
-def launch(mode, dtype_name, kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
-           num_bandwidths, distance_scale, eps, out_ptr, device, stream=0, threads=1):
-    """Run one PairTask. `sets` is a list of (data_ptr, n, weight_ptr, stride_g, stride_i, stride_j)."""
-    _C.pair_task(mode, DTYPE_CODES[dtype_name], kernel_code, groups, dim, rows_ptr, n_rows, sets,
-                 bandwidth_ptr, num_bandwidths, float(distance_scale), float(eps), out_ptr, device,
-                 stream, threads)
+def pair_task_arguments(mode, dtype_name, kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
+                        num_bandwidths, distance_scale, eps, out_ptr) -> tuple:
+    """The arguments of `_C.pair_task` for one PairTask. `sets` is a list of (data_ptr, n, weight_ptr,
+    stride_g, stride_i, stride_j)."""
+    return (mode, DTYPE_CODES[dtype_name], kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
+            num_bandwidths, float(distance_scale), float(eps), out_ptr)
 
 
 def build_info() -> dict:
     """How the compiled core was built: version, compiler, CUDA (and archs), CPU ISA, OpenMP threads."""
     return dict(_C.build_info())
+

@@ -39,7 +39,7 @@ import torch
 
 from .. import _core
 from .block_reference import gate_residual_reference
-from .device import has_kernel, run_kernel
+from .device import has_kernel, kernel_device_type, run_kernel
 from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_int, check_like, check_real, check_scalar,
                      check_shape, check_tensor)
 from .options import check_choice
@@ -76,7 +76,7 @@ def _token_sum(t: Tensor) -> Tensor:
 
 def _partials(x: Tensor, parts: int) -> Tensor:
     batch, tokens, channels = _rows_shape(x)
-    chunks = -(-tokens // CHUNK_TOKENS[x.device.type])
+    chunks = -(-tokens // CHUNK_TOKENS[kernel_device_type(x)])
     return x.new_empty((batch, chunks, parts, channels), dtype=accumulate_dtype(x.dtype))
 
 
@@ -233,7 +233,7 @@ def _norm_modulate_backward(grad: Tensor, x: Tensor, stats: Tensor, scale: Tenso
     grad_x, grad_shift, grad_scale = torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
     partials = _partials(x, 2)
     run_kernel(_core._C.norm_modulate_backward, x.device, _dtype_code(x.dtype), batch, tokens, channels,
-               CHUNK_TOKENS[x.device.type], rms, grad.data_ptr(), x.data_ptr(), stats.data_ptr(), scale.data_ptr(),
+               CHUNK_TOKENS[kernel_device_type(x)], rms, grad.data_ptr(), x.data_ptr(), stats.data_ptr(), scale.data_ptr(),
                grad_x.data_ptr(), partials.data_ptr(), grad_shift.data_ptr(), grad_scale.data_ptr())
     return grad_x, grad_shift, grad_scale
 
@@ -280,7 +280,7 @@ def _gate_residual_backward(grad: Tensor, gate: Tensor, y: Tensor) -> Tuple[Tens
     grad_y, grad_gate = torch.empty_like(y), torch.empty_like(gate)
     partials = _partials(y, 1)
     run_kernel(_core._C.gate_residual_backward, y.device, _dtype_code(y.dtype), *_rows_shape(y),
-               CHUNK_TOKENS[y.device.type], grad.data_ptr(), gate.data_ptr(), y.data_ptr(), grad_y.data_ptr(),
+               CHUNK_TOKENS[kernel_device_type(y)], grad.data_ptr(), gate.data_ptr(), y.data_ptr(), grad_y.data_ptr(),
                partials.data_ptr(), grad_gate.data_ptr())
     return grad_y, grad_gate
 

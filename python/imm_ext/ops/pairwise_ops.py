@@ -35,10 +35,10 @@ def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, dista
             specs.append((cols.data_ptr(), cols.shape[1], 0, 0, 0, 0))
         else:
             specs.append((cols.data_ptr(), cols.shape[1], weight.data_ptr(), *weight.stride()))
-    args = (mode, str(rows.dtype).removeprefix("torch."), _core.KERNEL_CODES[kernel], rows.shape[0],
-            rows.shape[2], rows.data_ptr(), rows.shape[1], specs, bandwidth.data_ptr(),
-            bandwidth.shape[1], distance_scale, eps, out.data_ptr())
-    run_kernel(_core.launch, rows.device, *args)
+    args = _core.pair_task_arguments(mode, str(rows.dtype).removeprefix("torch."), _core.KERNEL_CODES[kernel],
+                                     rows.shape[0], rows.shape[2], rows.data_ptr(), rows.shape[1], specs,
+                                     bandwidth.data_ptr(), bandwidth.shape[1], distance_scale, eps, out.data_ptr())
+    run_kernel(_core._C.pair_task, rows.device, *args)
 
 
 # ---------------------------------------------------------------------------------------------
