@@ -51,6 +51,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> nn.M
         model = model.to(device=device, dtype=dtypes.pop() if len(dtypes) == 1 else None)
         model.load_state_dict(tensors, strict=True)
     except (ValueError, TypeError, KeyError, RuntimeError) as error:
+        detail = " ".join(str(error).split())  # load_state_dict lists the keys on further lines
         raise ValueError(f"the model in {name!r} cannot be rebuilt from its recipe: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+                         f"{detail[:500]}") from None
     return model
