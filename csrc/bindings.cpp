@@ -20,6 +20,7 @@
 #include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_CUDA_EMULATION)
 #include "emulation/schedule.h"
+#include "emulation/self_test.h"
 #endif
 #if defined(IMM_EXT_WITH_CUDA)
 #include "cuda/activation_cuda.h"
@@ -515,5 +516,7 @@ PYBIND11_MODULE(IMM_EXT_MODULE_NAME, m) {
         "Order of the emulated CUDA launches' blocks, warps and lanes: 'forward', 'reverse' or 'random'",
         py::arg("order"), py::arg("seed") = 0);
   m.def("schedule", &imm::emu::schedule_name, "The emulated launches' current order");
+  m.def("self_test", &imm::emu::self_test, "Run one of the emulation's deliberately broken kernels",
+        py::arg("name"));
 #endif
 }

@@ -8,10 +8,10 @@
 #include <cuda_runtime.h>
 
 #if defined(IMM_EXT_EMULATED_CUDA)
-#define IMM_SHARED_ALIGNED(type, name, dims, alignment)                                               \
-  static char name##_shared_tag;                                                                     \
-  auto& name = *static_cast<type(*) dims>(::imm::emu::static_shared(&name##_shared_tag, sizeof(type dims), \
-                                                                     alignment > alignof(type dims) ? alignment : alignof(type dims)))
+#define IMM_SHARED_ALIGNED(type, name, dims, alignment)                                   \
+  static char name##_shared_tag;                                                         \
+  auto& name = *static_cast<type(*) dims>(::imm::emu::static_shared(                     \
+      &name##_shared_tag, sizeof(type dims), alignment > alignof(type) ? alignment : alignof(type)))
 #define IMM_DYNAMIC_SHARED(name) unsigned char* name = ::imm::emu::dynamic_shared()
 #else
 #define IMM_SHARED_ALIGNED(type, name, dims, alignment) __shared__ __align__(alignment) type name dims

@@ -248,7 +248,8 @@ void run_block(unsigned threads, std::mt19937_64& random) {
         ++exited;
       } else if (f.state == State::AtBarrier) {
         if (barrier != nullptr && barrier != f.site)
-          throw LaunchError{std::string("threads wait at different __syncthreads (") + barrier + " and " + f.site + ")"};
+          throw LaunchError{std::string("threads wait at different __syncthreads (") + barrier + " and " + f.site +
+                            ")"};
         barrier = f.site;
         ++waiting;
       } else if (stuck.empty()) {
@@ -350,7 +351,8 @@ void launch(const char* kernel, dim3 grid, dim3 block, std::size_t dynamic_share
     if (order == Order::Reverse) std::reverse(block_order.begin(), block_order.end());
     if (order == Order::Random) std::shuffle(block_order.begin(), block_order.end(), random);
     for (std::uint64_t b : block_order) {
-      block_position = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (std::uint64_t(grid.x) * grid.y))};
+      block_position = uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y),
+                             unsigned(b / (std::uint64_t(grid.x) * grid.y))};
       run_block(threads, random);
     }
   } catch (const LaunchError& error) {

@@ -57,7 +57,8 @@ def emulated_cuda(order: str = "forward", seed: int = 0) -> Iterator[None]:
         raise RuntimeError("this imm_ext was built without the emulated CUDA kernels (IMM_EXT_CUDA_EMULATION=ON)")
     if _emulated is not None:
         raise RuntimeError("emulated_cuda() is already active")
-    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled(),
                      torch.utils.deterministic.fill_uninitialized_memory)
     _core._C_emu.set_schedule(order, seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
