@@ -8,6 +8,7 @@ holds the method (schedules, r(s, t) mapping, weighting, parametrisation, loss, 
 feature networks; `imm_ext.train` and the `imm-ext` command the training loop.
 """
 from ._core import build_info
+from .health_check import doctor
 from .ops import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel
 from . import data, eval, kernels, method, models, nn
 from .method import (PRESETS, IMMLoss, IMMParametrization, IMMPreset, IMMSampler, PriorWeighting, RMapping,
@@ -16,5 +17,5 @@ from .method import (PRESETS, IMMLoss, IMMParametrization, IMMPreset, IMMSampler
 __version__ = build_info()["version"]
 
 __all__ = ["IMMLoss", "IMMParametrization", "IMMPreset", "IMMSampler", "MMDLoss", "PRESETS", "PriorWeighting",
-           "RMapping", "build_info", "data", "eval", "get_schedule", "kernels", "method", "models", "mmd_loss",
+           "RMapping", "build_info", "data", "doctor", "eval", "get_schedule", "kernels", "method", "models", "mmd_loss",
            "mmd_terms", "nn", "pairwise_kernel", "sampling_times", "__version__"]

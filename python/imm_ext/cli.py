@@ -5,6 +5,7 @@
                    [--seed S] [--no-ema]
     imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema]
     imm-ext presets
+    imm-ext doctor [--json] [--no-speed]
 
 `imm-ext train` with no arguments is the default job: IMM on scikit-learn's 8x8 digits on the CPU,
 writing runs/digits/. Overrides are dotted keys of the configuration (`imm-ext presets` and
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: next to the checkpoint's run)")
 
     commands.add_parser("presets", help="list the training presets")
+    doctor = commands.add_parser("doctor", help="build info, devices, and every op checked on every backend")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--no-speed", action="store_true", help="skip the speed probe")
     return parser
 
 
@@ -212,6 +216,12 @@ def _presets() -> int:
     return 0
 
 
+def _doctor(arguments) -> int:
+    from .health_check import main as doctor_main
+
+    return doctor_main((["--json"] if arguments.json else []) + (["--no-speed"] if arguments.no_speed else []))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .train.distributed import PeerFailure
     from .train.trainer import TrainingDiverged
@@ -225,7 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = [item for item in extra if item not in arguments.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "presets": lambda _: _presets()}
+    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "presets": lambda _: _presets(),
+                "doctor": _doctor}
     try:
         return handlers[arguments.command](arguments)
     except (ConfigError, CheckpointError, ValueError, TypeError) as error:
