@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 import imm_ext
+from imm_ext.health_check import cpu_model
 from imm_ext.ops import mmd_loss_reference, timestep_embedding_pair_reference
 
 try:
@@ -815,17 +816,6 @@ def format_conditioning_table(case: ConditioningCase, per_op: dict) -> str:
               "time / best baseline (* = best baseline). eager = PyTorch as DiT writes it; compile = "
               "torch.compile of eager. fwd+bwd: backward of every output with fixed cotangents."]
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: str) -> dict:

@@ -178,7 +178,8 @@ def check_backend(device: str, emulated: bool = False, with_speed: bool = True) 
 # ---------------------------------------------------------------------------------------------
 # Build, devices, backends
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -223,7 +224,7 @@ def build_report() -> Dict[str, object]:
             "cuda_version": info["cuda_version"], "cuda_archs": info["cuda_archs"], "cpu_isa": info["cpu_isa"],
             "openmp_threads": info["openmp_threads"], "emulated_cuda": emulation_available(),
             "torch": torch.__version__, "torch_cuda": torch.version.cuda, "python": platform.python_version(),
-            "cpu": _cpu_model()}
+            "cpu": cpu_model()}
 
 
 def _narrower_isa(isa: str, with_speed: bool) -> Dict[str, object]:
