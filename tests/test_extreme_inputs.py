@@ -9,6 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+import torch
+
+import imm_ext
+from imm_ext.ops import pairwise_ops, reference
+
 
 def _run_isolated(code: str, env=None, prelude: str = "") -> subprocess.CompletedProcess:
     """prelude, then code, in a fresh interpreter (this file's folder importable); its exit status and
@@ -83,3 +89,96 @@ def test_pairwise_wide_layout_with_unallocatable_scratch_raises_memory_error():
         except MemoryError:
             print("MemoryError")
     """, "MemoryError", prelude=_LIMITED_ADDRESS_SPACE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny bandwidths: well-separated points have kernel value exactly 0 and zero gradient.
+
+# (kernel, bandwidths) per accumulation dtype; float32 reaches into its subnormals (1e-39, 1e-45).
+_TINY = {
+    torch.float32: {"gaussian": [1e-18, 1e-19, 1e-30, 1e-39], "laplace": [1e-38, 1e-39, 1e-45],
+                    "imq": [1e-19, 1e-30, 1e-39]},
+    torch.float64: {"gaussian": [1e-150, 1e-160, 1e-310], "laplace": [1e-307, 1e-309, 1e-320],
+                    "imq": [1e-160, 1e-300, 1e-310]},
+}
+
+
+def _separated_sets(dtype, dim):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, dim, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, 4, dim, generator=gen, dtype=torch.float64) + 10
+    return x.to(dtype), y.to(dtype)
+
+
+def _loss_and_grads(fn, x, y, **options):
+    x, y = (t.detach().clone().requires_grad_() for t in (x, y))
+    loss = fn(x, y, **options)
+    loss.backward()
+    return loss.detach(), x.grad, y.grad
+
+
+def _check_tiny_bandwidths():
+    """mmd_loss and pairwise_kernel against the float64 reference on the same (rounded) inputs:
+    equal values, and gradients that are finite and equal (zero up to the diagonal's terms)."""
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        for kernel, bandwidths in _TINY[acc].items():
+            for h in bandwidths:
+                h_acc = torch.tensor(h, dtype=acc).item()  # as the kernels see it
+                for dim in (3, 80):  # narrow and wide layouts
+                    x, y = _separated_sets(dtype, dim)
+                    # The unbiased estimator subtracts the diagonal's terms from sums they dominate:
+                    # only where those terms vanish (not imq) is its float32 result exact.
+                    for estimator in ("biased",) if kernel == "imq" else ("biased", "unbiased"):
+                        options = dict(kernel=kernel, bandwidth=h_acc, estimator=estimator, distance_scale="dim")
+                        got = _loss_and_grads(imm_ext.mmd_loss, x, y, **options)
+                        want = _loss_and_grads(reference.mmd_loss_reference, x.double(), y.double(), **options)
+                        _assert_same_answer(got, want, f"mmd_loss {dtype} {kernel} h={h} D={dim} {estimator}", dtype)
+                    matrix = lambda a, b, **o: imm_ext.pairwise_kernel(a, b, **o).to(acc).square().sum()
+                    options = dict(kernel=kernel, bandwidth=h_acc)
+                    got = _loss_and_grads(matrix, x, y, **options)
+                    want = _loss_and_grads(lambda a, b, **o: reference.pairwise_kernel_reference(a, b, **o)
+                                           .square().sum(), x.double(), y.double(), **options)
+                    _assert_same_answer(got, want, f"pairwise_kernel {dtype} {kernel} h={h} D={dim}", dtype)
+    print("ok")
+
+
+# Relative to the largest magnitude of each compared tensor (the gradient's sums cancel in part);
+# 16-bit gradients come back rounded to their dtype, float16's below its smallest subnormal to 0.
+_ANSWER_TOLERANCE = {torch.float64: (1e-10, 1e-300), torch.float32: (1e-5, 1e-30), torch.bfloat16: (1e-2, 1e-30),
+                     torch.float16: (1e-2, 1e-7)}
+
+
+def _assert_same_answer(got, want, what, dtype=torch.float32):
+    rtol, atol = _ANSWER_TOLERANCE[dtype]
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all(), f"{what}: non-finite {a}"
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.double(), b, rtol=rtol, atol=max(atol, rtol * scale), msg=lambda m: f"{what}: {m}")
+
+
+def test_tiny_bandwidths_give_exact_values_and_finite_gradients():
+    _check_tiny_bandwidths()
+
+
+def test_tiny_bandwidths_on_the_pure_pytorch_path(monkeypatch):
+    monkeypatch.setattr(pairwise_ops, "has_kernel", lambda t: False)
+    _check_tiny_bandwidths()
+
+
+def test_reference_gradients_are_finite_at_tiny_bandwidths():
+    """The reference differentiates exp(-u^2/2) and (1 + u^2)^(-1/2) where u = d / h overflows."""
+    x, y = _separated_sets(torch.float32, 3)
+    for kernel, bandwidths in _TINY[torch.float32].items():
+        for h in bandwidths:
+            got = _loss_and_grads(reference.mmd_loss_reference, x, y, kernel=kernel, bandwidth=h)
+            want = _loss_and_grads(reference.mmd_loss_reference, x.double(), y.double(), kernel=kernel,
+                                   bandwidth=torch.tensor(h, dtype=torch.float32).item())
+            _assert_same_answer(got, want, f"reference {kernel} h={h}")
+
+
+@pytest.mark.skipif(imm_ext.build_info()["cpu_isa"] == "baseline", reason="only the baseline build runs here")
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_tiny_bandwidths_on_every_instruction_set_build(isa):
+    _assert_prints("import test_extreme_inputs; test_extreme_inputs._check_tiny_bandwidths()", "ok",
+                   env=dict(os.environ, IMM_EXT_CPU_ISA=isa))

@@ -45,10 +45,15 @@ class PairRunner {
   PairRunner(const PairTask& task, int threads) : task_(task), threads_(threads > 1 ? threads : 1) {
     const int64_t min_cols = min_of(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
     narrow_ = task.dim <= kNarrowMaxDim && min_cols >= 16;
-    const T* bandwidth = static_cast<const T*>(task.bandwidth);
-    const int64_t count = task.groups * task.num_bandwidths;
-    T* inverse = inverse_bandwidth_.reserve(count);
-    for (int64_t k = 0; k < count; ++k) inverse[k] = T(1) / bandwidth[k];
+    const int num = task.num_bandwidths;
+    T* inverse = inverse_bandwidth_.reserve(task.groups * num);
+    T* scale = distance_scale_.reserve(task.groups);
+    for (int64_t g = 0; g < task.groups; ++g) {
+      const T* bandwidth = static_cast<const T*>(task.bandwidth) + g * num;
+      const T prescale = bandwidth_prescale<K_>(bandwidth, num);
+      scale[g] = static_cast<T>(task.distance_scale) * prescale;
+      for (int k = 0; k < num; ++k) inverse[g * num + k] = T(1) / (prescale * bandwidth[k]);
+    }
   }
 
   void run() {
@@ -78,7 +83,7 @@ class PairRunner {
  private:
   KernelParams<T> params(int64_t g) const {
     return KernelParams<T>{inverse_bandwidth_.data() + g * task_.num_bandwidths, task_.num_bandwidths,
-                           static_cast<T>(task_.distance_scale), static_cast<T>(task_.eps)};
+                           distance_scale_.data()[g], static_cast<T>(task_.eps)};
   }
 
   T weight(int s, int64_t g, int64_t i, int64_t j) const {
@@ -375,7 +380,8 @@ class PairRunner {
   const PairTask& task_;
   int threads_;
   bool narrow_ = false;
-  Buffer<T> inverse_bandwidth_;
+  Buffer<T> inverse_bandwidth_;  // (G, K), and the distance scale per group: see bandwidth_prescale
+  Buffer<T> distance_scale_;
   Buffer<T> staged_[2];
   const T* columns_[2] = {nullptr, nullptr};
 };
