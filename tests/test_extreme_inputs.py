@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import imm_ext
-from imm_ext.ops import pairwise_ops, reference
+from imm_ext.ops import block_reference, conditioning_ops, norm_modulate, pairwise_ops, reference
 
 
 def _run_isolated(code: str, env=None, prelude: str = "") -> subprocess.CompletedProcess:
@@ -182,3 +182,84 @@ def test_reference_gradients_are_finite_at_tiny_bandwidths():
 def test_tiny_bandwidths_on_every_instruction_set_build(isa):
     _assert_prints("import test_extreme_inputs; test_extreme_inputs._check_tiny_bandwidths()", "ok",
                    env=dict(os.environ, IMM_EXT_CPU_ISA=isa))
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations whose squares overflow: norm + modulate is still finite and right.
+
+# Row magnitudes: ordinary, past the float32 square's overflow, and near the top of the range.
+_ROW_SCALES = [1.0, 2e19, 3e24, 1e30, 1e36, 2e37]
+
+
+def _large_rows(dtype, mixed_signs_near_max, channels=48):
+    gen = torch.Generator().manual_seed(11)
+    rows = torch.randn(2, len(_ROW_SCALES) + 1, channels, generator=gen, dtype=torch.float64)
+    rows[:, : len(_ROW_SCALES)] *= torch.tensor(_ROW_SCALES, dtype=torch.float64)[:, None]
+    rows[:, -1] = 1e38 * torch.sign(rows[:, -1])  # mixed signs: |x - mean| beyond the largest float
+    rows[:, -1, 0] = 3e38
+    if not mixed_signs_near_max:
+        rows = rows[:, :-1]
+    x = rows.to(dtype)
+    shift = torch.randn(2, channels, generator=gen, dtype=torch.float64).to(dtype)
+    scale = torch.randn(2, channels, generator=gen, dtype=torch.float64).to(dtype)
+    return x, shift, scale
+
+
+def _norm_values_and_grads(fn, inputs, cotangent):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(cotangent.to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _assert_rows_close(got, want, rtol, what):
+    """Each row (last dim) within rtol of its own largest magnitude: the rows' scales differ by 1e38."""
+    got, want = got.double(), want.double()
+    assert torch.isfinite(got).all(), f"{what}: non-finite values"
+    row_scale = want.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    error = ((got - want).abs() / row_scale).amax()
+    assert error <= rtol, f"{what}: largest error {error:.3g} of the row's scale"
+
+
+def _check_large_activations(dtype, norm, fn, mixed_signs_near_max=True):
+    x, shift, scale = _large_rows(dtype, mixed_signs_near_max)
+    cotangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    want = _norm_values_and_grads(lambda *a: block_reference.norm_modulate_reference(*a, norm=norm),
+                                  [t.double() for t in (x, shift, scale)], cotangent)
+    got = _norm_values_and_grads(lambda *a: fn(*a, norm=norm), (x, shift, scale), cotangent)
+    rtol = {torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
+    for a, b, name in zip(got, want, ("y", "grad_x", "grad_shift", "grad_scale")):
+        _assert_rows_close(a, b, rtol, f"{dtype} {norm} {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_norm_modulate_rows_whose_squares_overflow(dtype, norm):
+    _check_large_activations(dtype, norm, norm_modulate)
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_norm_modulate_large_rows_on_the_pure_pytorch_path(norm, monkeypatch):
+    """Its statistics are right for every finite row; x - mean itself overflows where it exceeds
+    the largest float, so the mixed-sign row is left out here."""
+    monkeypatch.setattr(conditioning_ops, "has_kernel", lambda t: False)
+    _check_large_activations(torch.float32, norm, norm_modulate, mixed_signs_near_max=False)
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_norm_modulate_reference_rows_whose_squares_overflow(norm):
+    _check_large_activations(torch.float32, norm, block_reference.norm_modulate_reference)
+
+
+def test_norm_modulate_float16_near_its_largest_value():
+    """float16's range ends long before float32 squares overflow: the ordinary path, checked."""
+    gen = torch.Generator().manual_seed(13)
+    x = (6e4 * torch.sign(torch.randn(2, 3, 48, generator=gen))).half()
+    shift, scale = torch.randn(2, 48, generator=gen).half(), torch.randn(2, 48, generator=gen).half()
+    cotangent = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for norm in ("layer", "rms"):
+        want = _norm_values_and_grads(lambda *a: block_reference.norm_modulate_reference(*a, norm=norm),
+                                      [t.double() for t in (x, shift, scale)], cotangent)
+        got = _norm_values_and_grads(lambda *a: norm_modulate(*a, norm=norm), (x, shift, scale), cotangent)
+        for a, b, name in zip(got, want, ("y", "grad_x", "grad_shift", "grad_scale")):
+            _assert_rows_close(a, b, 2e-2, f"float16 {norm} {name}")
