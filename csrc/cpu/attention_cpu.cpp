@@ -214,7 +214,7 @@ class ForwardRunner {
     const int64_t items = heads * parts;
     const int64_t kt_size = layout_.transposed_size(), v_size = layout_.rows_size(shape_.kv_len);
     const T scale = static_cast<T>(shape_.scale);
-    const int team = static_cast<int>(min_of(threads_, items));
+    const int team = team_size(threads_, items);
     thread_local TeamScratch<T> scratch;
     const Slices<T> packed = scratch.reserve(team, size_sum(kt_size, v_size));
 #pragma omp parallel for schedule(dynamic) num_threads(team) if (team > 1)
@@ -321,7 +321,7 @@ class BackwardRunner {
 
   void run() {
     const int64_t heads = shape_.batch * shape_.heads;
-    const int team = static_cast<int>(min_of(threads_, heads));
+    const int team = team_size(threads_, heads);
     const ScratchSizes sizes = scratch_sizes();
     thread_local TeamScratch<T> scratch;
     const Slices<T> slices = scratch.reserve(team, sizes.total());

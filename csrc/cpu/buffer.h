@@ -67,6 +67,12 @@ class Buffer {
   int64_t size_ = 0;
 };
 
+// Threads of a region over `items` work items: at most `threads`, at least 1 (a team's size must
+// be positive, and every thread number must have a slice of TeamScratch).
+inline int team_size(int threads, int64_t items) {
+  return static_cast<int>(items < threads ? (items > 1 ? items : 1) : threads);
+}
+
 // Per-thread slices of one block: thread t of a region uses data + t * stride.
 template <class T>
 struct Slices {

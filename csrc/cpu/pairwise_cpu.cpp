@@ -61,7 +61,7 @@ class PairRunner {
     const int64_t rows_per_item = narrow_ ? 64 : (task_.n_rows <= 64 ? task_.n_rows : 16);
     const int64_t blocks_per_group = (task_.n_rows + rows_per_item - 1) / rows_per_item;
     const int64_t items = task_.groups * blocks_per_group;
-    const int team = static_cast<int>(min_of(threads_, items));
+    const int team = team_size(threads_, items);
     // The wide layout's per-thread scratch: R staged rows (16-bit inputs), then R rows of squared
     // distances to every column (see wide_block).
     thread_local TeamScratch<T> scratch;
