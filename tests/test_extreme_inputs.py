@@ -110,15 +110,16 @@ def _separated_sets(dtype, dim):
     return x.to(dtype), y.to(dtype)
 
 
-def _loss_and_grads(fn, x, y, **options):
-    x, y = (t.detach().clone().requires_grad_() for t in (x, y))
+def _loss_and_grads(fn, x, y, device="cpu", **options):
+    """(loss, grad x, grad y) of fn on `device`, returned on the CPU."""
+    x, y = (t.detach().to(device).requires_grad_() for t in (x, y))
     loss = fn(x, y, **options)
     loss.backward()
-    return loss.detach(), x.grad, y.grad
+    return loss.detach().cpu(), x.grad.cpu(), y.grad.cpu()
 
 
-def _check_tiny_bandwidths():
-    """mmd_loss and pairwise_kernel against the float64 reference on the same (rounded) inputs:
+def _check_tiny_bandwidths(device="cpu"):
+    """mmd_loss and pairwise_kernel on `device` against the float64 reference on the same inputs:
     equal values, and gradients that are finite and equal (zero up to the diagonal's terms)."""
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -131,12 +132,12 @@ def _check_tiny_bandwidths():
                     # only where those terms vanish (not imq) is its float32 result exact.
                     for estimator in ("biased",) if kernel == "imq" else ("biased", "unbiased"):
                         options = dict(kernel=kernel, bandwidth=h_acc, estimator=estimator, distance_scale="dim")
-                        got = _loss_and_grads(imm_ext.mmd_loss, x, y, **options)
+                        got = _loss_and_grads(imm_ext.mmd_loss, x, y, device, **options)
                         want = _loss_and_grads(reference.mmd_loss_reference, x.double(), y.double(), **options)
                         _assert_same_answer(got, want, f"mmd_loss {dtype} {kernel} h={h} D={dim} {estimator}", dtype)
                     matrix = lambda a, b, **o: imm_ext.pairwise_kernel(a, b, **o).to(acc).square().sum()
                     options = dict(kernel=kernel, bandwidth=h_acc)
-                    got = _loss_and_grads(matrix, x, y, **options)
+                    got = _loss_and_grads(matrix, x, y, device, **options)
                     want = _loss_and_grads(lambda a, b, **o: reference.pairwise_kernel_reference(a, b, **o)
                                            .square().sum(), x.double(), y.double(), **options)
                     _assert_same_answer(got, want, f"pairwise_kernel {dtype} {kernel} h={h} D={dim}", dtype)
@@ -159,6 +160,11 @@ def _assert_same_answer(got, want, what, dtype=torch.float32):
 
 def test_tiny_bandwidths_give_exact_values_and_finite_gradients():
     _check_tiny_bandwidths()
+
+
+@pytest.mark.cuda
+def test_tiny_bandwidths_on_cuda():
+    _check_tiny_bandwidths("cuda")
 
 
 def test_tiny_bandwidths_on_the_pure_pytorch_path(monkeypatch):
@@ -205,11 +211,12 @@ def _large_rows(dtype, mixed_signs_near_max, channels=48):
     return x, shift, scale
 
 
-def _norm_values_and_grads(fn, inputs, cotangent):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+def _norm_values_and_grads(fn, inputs, cotangent, device="cpu"):
+    """[y, grad x, grad shift, grad scale] of fn on `device`, returned on the CPU."""
+    leaves = [t.detach().to(device).requires_grad_() for t in inputs]
     out = fn(*leaves)
-    out.backward(cotangent.to(out.dtype))
-    return [out.detach()] + [t.grad for t in leaves]
+    out.backward(cotangent.to(device=device, dtype=out.dtype))
+    return [out.detach().cpu()] + [t.grad.cpu() for t in leaves]
 
 
 def _assert_rows_close(got, want, rtol, what):
@@ -221,12 +228,12 @@ def _assert_rows_close(got, want, rtol, what):
     assert error <= rtol, f"{what}: largest error {error:.3g} of the row's scale"
 
 
-def _check_large_activations(dtype, norm, fn, mixed_signs_near_max=True):
+def _check_large_activations(dtype, norm, fn, mixed_signs_near_max=True, device="cpu"):
     x, shift, scale = _large_rows(dtype, mixed_signs_near_max)
     cotangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     want = _norm_values_and_grads(lambda *a: block_reference.norm_modulate_reference(*a, norm=norm),
                                   [t.double() for t in (x, shift, scale)], cotangent)
-    got = _norm_values_and_grads(lambda *a: fn(*a, norm=norm), (x, shift, scale), cotangent)
+    got = _norm_values_and_grads(lambda *a: fn(*a, norm=norm), (x, shift, scale), cotangent, device)
     rtol = {torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
     for a, b, name in zip(got, want, ("y", "grad_x", "grad_shift", "grad_scale")):
         _assert_rows_close(a, b, rtol, f"{dtype} {norm} {name}")
@@ -236,6 +243,13 @@ def _check_large_activations(dtype, norm, fn, mixed_signs_near_max=True):
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_norm_modulate_rows_whose_squares_overflow(dtype, norm):
     _check_large_activations(dtype, norm, norm_modulate)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_norm_modulate_rows_whose_squares_overflow_on_cuda(dtype, norm):
+    _check_large_activations(dtype, norm, norm_modulate, device="cuda")
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
