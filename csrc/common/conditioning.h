@@ -11,11 +11,15 @@
 //
 // The row statistics are numerically safe for large activations: the mean is taken of deviations
 // from the row's first element (a row with mean 1e4 and std 1 sums values of size 1, not 1e4), and
-// the variance of deviations from that mean (two passes; no E[x^2] - E[x]^2 cancellation).
+// the variance of deviations from that mean (two passes; no E[x^2] - E[x]^2 cancellation). A row
+// whose squares overflow (|x| near the top of the float range) has its statistics recomputed from
+// s x with a power of two s (statistics_scale): exact, and finite for every finite row.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "kernel_math.h"
 
@@ -52,9 +56,31 @@ IMM_HD T inverse_std(T sum_of_squares, int64_t channels, T eps) {
   return T(1) / sqrt_<T>(sum_of_squares / static_cast<T>(channels) + eps);
 }
 
+// (x - mean) rstd as (x / 2 - mean / 2) (2 rstd): the halves of finite values cannot overflow where
+// x - mean can, and halving and doubling are exact, so the result is that of (x - mean) rstd.
 template <class T>
 IMM_HD T normalized(T x, T mean, T rstd) {
-  return (x - mean) * rstd;
+  return (x * T(0.5) - mean * T(0.5)) * (rstd * T(2));
+}
+
+// Whether v is finite (false for inf and NaN).
+template <class T>
+IMM_HD bool is_finite(T v) {
+  return v - v == T(0);
+}
+
+// The power of two s with s * max_magnitude in [0.5, 1), for a finite positive max_magnitude: the
+// statistics of s x (the mean and rstd of x are mean / s and s rstd) cannot overflow.
+template <class T>
+IMM_HD T statistics_scale(T max_magnitude) {
+  int exponent = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    ::frexpf(max_magnitude, &exponent);
+    return ::ldexpf(1.0f, -exponent);
+  } else {
+    ::frexp(max_magnitude, &exponent);
+    return ::ldexp(1.0, -exponent);
+  }
 }
 
 template <class T>

@@ -5,10 +5,15 @@
 // For a set of K bandwidths the kernels are summed. The gradient of k(a, b) with respect to a is
 //     dk/da = phi(a, b) * (a - b),   phi = c * k'(d) / ||a - b||   (phi = 0 where ||a - b|| <= eps),
 // so every backward pass is a weighted sum of differences and never forms a (.., D) difference tensor.
+//
+// Every positive float is a valid bandwidth. The kernels are functions of u = d / h, evaluated with
+// a finite ih = 1 / h (see bandwidth_prescale), and every product is ordered so that nothing
+// overflows into inf * 0: where a kernel underflows to 0 its slope is exactly 0, never NaN.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #if defined(__CUDACC__)
@@ -58,17 +63,18 @@ IMM_HD V sqrt_(V x) {
 namespace detail {
 template <class S>
 struct ExpConstants;
+// lo rounds to n = -bias, whose 2^n has an all-zero exponent field: +0.0 (see exp_fast).
 template <>
 struct ExpConstants<float> {
   using Int = int32_t;
-  static constexpr float lo = -87.33654f, hi = 88.72283f, log2e = 1.44269504088896341f;
+  static constexpr float lo = -88.0f, hi = 88.72283f, log2e = 1.44269504088896341f;
   static constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: (v + m) - m rounds v to an integer
   static constexpr int mantissa_bits = 23, bias = 127;
 };
 template <>
 struct ExpConstants<double> {
   using Int = int64_t;
-  static constexpr double lo = -708.39, hi = 709.78, log2e = 1.4426950408889634074;
+  static constexpr double lo = -709.0, hi = 709.78, log2e = 1.4426950408889634074;
   static constexpr double round_magic = 6755399441055744.0;  // 1.5 * 2^52
   static constexpr int mantissa_bits = 52, bias = 1023;
 };
@@ -125,7 +131,9 @@ inline __attribute__((always_inline)) V polynomial_exp(V x, double) {
 }
 }  // namespace detail
 
-// Clamped to the finite range (so exp(-inf) ~ 1e-38 / 1e-308, not 0); NaN propagates.
+// Arguments are clamped to [lo, hi]. Below about lo the result is exactly 0 (exp(-inf) = 0, and
+// results in the subnormal range flush to 0), so a product of the result with a large factor
+// stays 0; above hi it saturates at a finite value. NaN propagates.
 template <class V, class S = V>
 inline __attribute__((always_inline)) V exp_fast(V x) {
   using C = detail::ExpConstants<S>;
@@ -151,22 +159,37 @@ inline __attribute__((always_inline)) float sqrt_<float, float>(float x) {
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// One kernel at scaled distance d with inverse bandwidth ih = 1/h: its value and its slope dk/dd.
+// One kernel at scaled distance d with inverse bandwidth ih: its value and its slope dk/dd.
 // V is a scalar or (host only) a GCC vector of S.
+
+// v with +inf replaced by the largest finite S (NaN stays NaN): the slopes multiply u or d by
+// factors that underflow to 0 where they are large, and the largest finite value gives 0 where inf
+// gives NaN.
+template <class V, class S>
+IMM_HD V finite_or_largest(V v) {
+  constexpr S largest = std::numeric_limits<S>::max();
+  return v > largest ? splat<V>(largest) : v;
+}
 
 template <KernelKind K, class V, class S = V>
 struct KernelProfile;
 
+// The slopes are ih * g(u) with g = dk/du bounded (|g| <= 1), multiplied in an order that cannot
+// overflow, so they are finite; g(u) = 0 where k underflows.
+
 template <class V, class S>
-struct KernelProfile<KernelKind::Laplace, V, S> {  // exp(-d / h)
+struct KernelProfile<KernelKind::Laplace, V, S> {  // exp(-u)
   IMM_HD static V value(V d, S ih) { return exp_fast<V, S>(-d * ih); }
   IMM_HD static V slope(V d, S ih) { return -ih * exp_fast<V, S>(-d * ih); }
 };
 
 template <class V, class S>
-struct KernelProfile<KernelKind::Gaussian, V, S> {  // exp(-d^2 / (2 h^2))
+struct KernelProfile<KernelKind::Gaussian, V, S> {  // exp(-u^2 / 2); ih^2 is finite (bandwidth_prescale)
   IMM_HD static V value(V d, S ih) { return exp_fast<V, S>(S(-0.5) * ih * ih * d * d); }
-  IMM_HD static V slope(V d, S ih) { return -ih * ih * d * exp_fast<V, S>(S(-0.5) * ih * ih * d * d); }
+  // -ih^2 d k as -ih^2 (d k): d k <= 1 / ih (and 0, not NaN, where d is inf), so ih^2 (d k) is finite.
+  IMM_HD static V slope(V d, S ih) {
+    return -ih * ih * (finite_or_largest<V, S>(d) * exp_fast<V, S>(S(-0.5) * ih * ih * d * d));
+  }
 };
 
 template <class V, class S>
@@ -175,23 +198,64 @@ struct KernelProfile<KernelKind::Energy, V, S> {  // -d (bandwidth unused)
   IMM_HD static V slope(V, S) { return splat<V>(S(-1)); }
 };
 
+// sqrt(1 + u^2) without overflow: u itself where 1 is lost in the rounding of u^2 (u > 2^32 in float
+// and in double), which is before u^2 can overflow; so 1 / it is about 1 / u, not 0, for large u.
 template <class V, class S>
-struct KernelProfile<KernelKind::InverseMultiquadric, V, S> {  // (1 + d^2 / h^2)^(-1/2)
-  IMM_HD static V value(V d, S ih) { return S(1) / sqrt_<V, S>(S(1) + ih * ih * d * d); }
+IMM_HD V one_hypot(V u) {
+  constexpr S large = S(4294967296.0);
+  return u > large ? u : sqrt_<V, S>(S(1) + u * u);
+}
+
+template <class V, class S>
+struct KernelProfile<KernelKind::InverseMultiquadric, V, S> {  // (1 + u^2)^(-1/2)
+  IMM_HD static V value(V d, S ih) { return S(1) / one_hypot<V, S>(d * ih); }
+  // -ih u w^3 with w = k(u), as (ih w) (u w) w: ih w <= ih and u w <= 1 cannot overflow, and no
+  // partial product is much smaller than the result (w^3 alone underflows long before it).
   IMM_HD static V slope(V d, S ih) {
-    V u = S(1) / sqrt_<V, S>(S(1) + ih * ih * d * d);
-    return -ih * ih * d * u * u * u;
+    const V u = finite_or_largest<V, S>(d * ih);
+    const V w = S(1) / one_hypot<V, S>(u);
+    return (-ih * w) * (u * w) * w;
   }
 };
+
+// ---------------------------------------------------------------------------------------------
+// Bandwidths. The kernels need ih = 1 / h finite, and the Gaussian ih^2 too: 1 / h overflows for a
+// subnormal h, ih^2 for h below the square root of the smallest normal. A group whose bandwidths are
+// that small has them multiplied by a power of two p, and its distance scale c with them: scaling c
+// and h alike leaves every u = c ||a - b|| / h and every phi = c k'(d) / ||a - b|| unchanged.
+
+// The smallest p h allowed: the smallest normal S, or for the Gaussian its square root.
+template <KernelKind K, class S>
+constexpr S smallest_scaled_bandwidth() {
+  S floor = std::numeric_limits<S>::min();
+  if (K == KernelKind::Gaussian) {
+    floor = S(1);
+    for (int e = 0; e < (1 - std::numeric_limits<S>::min_exponent) / 2; ++e) floor *= S(0.5);
+  }
+  return floor;
+}
+
+// The power of two p >= 1 for a group's `num` bandwidths h (p = 1, without a loop iteration, unless
+// one of them is below the floor; always 1 for the energy kernel, which has no bandwidth).
+template <KernelKind K, class S>
+IMM_HD S bandwidth_prescale(const S* h, int num) {
+  if (K == KernelKind::Energy) return S(1);
+  S smallest = h[0];
+  for (int k = 1; k < num; ++k) smallest = h[k] < smallest ? h[k] : smallest;
+  constexpr S floor = smallest_scaled_bandwidth<K, S>();
+  S p = S(1);
+  for (int e = 0; e < std::numeric_limits<S>::max_exponent && smallest * p < floor; ++e) p *= S(2);
+  return p;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Pair response from the squared Euclidean distance s2 = ||a - b||^2, summed over K bandwidths.
 
 template <class S>
 struct KernelParams {
-  const S* inv_bandwidth;  // K values for the current group
+  const S* inv_bandwidth;  // K values 1 / (p h) for the current group (p: bandwidth_prescale)
   int num_bandwidths;
-  S scale;  // distance scale c
+  S scale;  // distance scale c, times p
   S eps;    // lower clamp of the unscaled norm
 };
 

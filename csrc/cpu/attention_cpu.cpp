@@ -58,8 +58,9 @@ struct HeadLayout {
 
   HeadLayout(int64_t head_dim, int64_t keys)
       : dim(head_dim), padded_dim(ceil_div(head_dim, lanes) * lanes), kv_len(keys), panels(ceil_div(keys, panel)) {}
-  int64_t transposed_size() const { return panels * panel * dim; }  // (panels, dim, panel)
-  int64_t rows_size(int64_t rows) const { return rows * padded_dim; }  // (rows, padded_dim)
+  // Sizes checked for overflow: expanded (stride 0) inputs can have any number of keys.
+  int64_t transposed_size() const { return size_product(size_product(panels, panel), dim); }  // (panels, dim, panel)
+  int64_t rows_size(int64_t rows) const { return size_product(rows, padded_dim); }  // (rows, padded_dim)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class ForwardRunner {
       : task_(task), shape_(task.shape), layout_(shape_.head_dim, shape_.kv_len), threads_(threads > 1 ? threads : 1) {}
 
   // Work items are whole heads when there are enough of them to share among the threads, else heads
-  // cut into ranges of queries. Each item packs its head's K^T and V into per-thread scratch (which
+  // cut into ranges of queries. Each item packs its head's K^T and V into its thread's scratch (which
   // stays in L2 while its queries run) and then runs its queries kRows at a time; a head cut into n
   // items is packed n times, O(T Dh) against O(T^2 Dh / n) of products.
   void run() {
@@ -213,12 +214,14 @@ class ForwardRunner {
     const int64_t items = heads * parts;
     const int64_t kt_size = layout_.transposed_size(), v_size = layout_.rows_size(shape_.kv_len);
     const T scale = static_cast<T>(shape_.scale);
-#pragma omp parallel for schedule(dynamic) num_threads(threads_) if (threads_ > 1 && items > 1)
+    const int team = team_size(threads_, items);
+    thread_local TeamScratch<T> scratch;
+    const Slices<T> packed = scratch.reserve(team, size_sum(kt_size, v_size));
+#pragma omp parallel for schedule(dynamic) num_threads(team) if (team > 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t head = item / parts, part = item % parts;
       const int64_t b = head / shape_.heads, h = head % shape_.heads;
-      thread_local Buffer<T> packed;
-      T* kt = packed.reserve(kt_size + v_size);
+      T* kt = packed.of(omp_get_thread_num());
       T* v = kt + kt_size;
       pack_transposed<In>(task_.k, b, h, layout_, scale, kt);
       pack_rows<In>(task_.v, b, h, shape_.kv_len, layout_, T(1), v);
@@ -318,8 +321,13 @@ class BackwardRunner {
 
   void run() {
     const int64_t heads = shape_.batch * shape_.heads;
-#pragma omp parallel for schedule(dynamic) num_threads(threads_) if (threads_ > 1 && heads > 1)
-    for (int64_t head = 0; head < heads; ++head) one_head(head / shape_.heads, head % shape_.heads);
+    const int team = team_size(threads_, heads);
+    const ScratchSizes sizes = scratch_sizes();
+    thread_local TeamScratch<T> scratch;
+    const Slices<T> slices = scratch.reserve(team, sizes.total());
+#pragma omp parallel for schedule(dynamic) num_threads(team) if (team > 1)
+    for (int64_t head = 0; head < heads; ++head)
+      one_head(head / shape_.heads, head % shape_.heads, carve(slices.of(omp_get_thread_num()), sizes));
   }
 
  private:
@@ -328,34 +336,44 @@ class BackwardRunner {
     T *q, *grad_out, *delta, *k, *kt, *vt, *grad_q, *grad_k, *grad_v, *p, *ds;
   };
 
-  Scratch scratch() const {
-    const int64_t tq = shape_.q_len, pd = layout_.padded_dim;
-    const int64_t rows = layout_.rows_size(tq), keys = layout_.rows_size(shape_.kv_len);
-    const int64_t transposed = layout_.transposed_size();
-    const int64_t tile = kBackwardKeyBlock * pd, probabilities = kBackwardQueryBlock * kBackwardKeyBlock;
-    // Each part starts on a whole vector (every size is a multiple of the lanes, or rounded up).
-    const int64_t delta = ceil_div(tq, L) * L;
-    thread_local Buffer<T> buffer;
-    T* at = buffer.reserve(3 * rows + delta + keys + 2 * transposed + 2 * tile + 2 * probabilities);
+  // The parts of Scratch, in elements (each a multiple of the lanes, or rounded up, so that every
+  // part starts on a whole vector).
+  struct ScratchSizes {
+    int64_t rows, delta, keys, transposed, tile, probabilities;
+
+    int64_t total() const {
+      int64_t sum = size_sum(size_product(3, rows), delta);
+      sum = size_sum(sum, size_sum(keys, size_product(2, transposed)));
+      return size_sum(sum, 2 * (tile + probabilities));
+    }
+  };
+
+  ScratchSizes scratch_sizes() const {
+    return {layout_.rows_size(shape_.q_len), ceil_div(shape_.q_len, L) * L, layout_.rows_size(shape_.kv_len),
+            layout_.transposed_size(), kBackwardKeyBlock * layout_.padded_dim,
+            kBackwardQueryBlock * kBackwardKeyBlock};
+  }
+
+  // One thread's slice of n.total() elements, cut into the parts of Scratch.
+  static Scratch carve(T* at, const ScratchSizes& n) {
     Scratch s;
-    s.q = at, at += rows;
-    s.grad_out = at, at += rows;
-    s.grad_q = at, at += rows;
-    s.delta = at, at += delta;
-    s.k = at, at += keys;
-    s.kt = at, at += transposed;
-    s.vt = at, at += transposed;
-    s.grad_k = at, at += tile;
-    s.grad_v = at, at += tile;
-    s.p = at, at += probabilities;
+    s.q = at, at += n.rows;
+    s.grad_out = at, at += n.rows;
+    s.grad_q = at, at += n.rows;
+    s.delta = at, at += n.delta;
+    s.k = at, at += n.keys;
+    s.kt = at, at += n.transposed;
+    s.vt = at, at += n.transposed;
+    s.grad_k = at, at += n.tile;
+    s.grad_v = at, at += n.tile;
+    s.p = at, at += n.probabilities;
     s.ds = at;
     return s;
   }
 
-  void one_head(int64_t b, int64_t h) const {
+  void one_head(int64_t b, int64_t h, const Scratch& s) const {
     const int64_t tq = shape_.q_len, tk = shape_.kv_len, dim = layout_.dim, pd = layout_.padded_dim;
     const T scale = static_cast<T>(shape_.scale);
-    const Scratch s = scratch();
     pack_rows<In>(task_.q, b, h, tq, layout_, T(1), s.q);
     pack_rows<In>(task_.grad_out, b, h, tq, layout_, T(1), s.grad_out);
     pack_rows<In>(task_.k, b, h, tk, layout_, scale, s.k);

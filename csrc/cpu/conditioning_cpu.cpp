@@ -59,6 +59,33 @@ void sum_token_chunks(ConditioningShape shape, int64_t chunks, int parts, const 
 
 // ---- norm + modulate ------------------------------------------------------------------------
 
+// mean and rstd of a row whose squares overflowed, from s x (see statistics_scale); a row holding
+// inf keeps the non-finite statistics it has.
+template <bool Rms, class In, class T>
+void large_row_statistics(const In* row, int64_t C, T eps, T& mean, T& rstd) {
+  T largest = T(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const T magnitude = load(row, c) < T(0) ? -load(row, c) : load(row, c);
+    largest = magnitude > largest ? magnitude : largest;
+  }
+  if (!is_finite(largest)) return;
+  const T s = statistics_scale(largest);
+  T scaled_mean = T(0);
+  if constexpr (!Rms) {
+    const T pivot = s * load(row, 0);
+    T deviations = T(0);
+    for (int64_t c = 0; c < C; ++c) deviations += s * load(row, c) - pivot;
+    scaled_mean = row_mean(pivot, deviations, C);
+  }
+  T squares = T(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const T centered = s * load(row, c) - scaled_mean;
+    squares += centered * centered;
+  }
+  mean = scaled_mean / s;
+  rstd = inverse_std(squares, C, eps * s * s) * s;
+}
+
 template <class In, bool Rms>
 void norm_modulate_forward_typed(ConditioningShape shape, double eps, const In* x, const In* shift,
                                  const In* scale, In* out, acc_t<In>* stats, int threads) {
@@ -86,7 +113,8 @@ void norm_modulate_forward_typed(ConditioningShape shape, double eps, const In* 
       const T centered = load(row, c) - mean;
       squares += centered * centered;
     }
-    const T rstd = inverse_std(squares, C, epsilon);
+    T rstd = inverse_std(squares, C, epsilon);
+    if (!is_finite(squares)) large_row_statistics<Rms>(row, C, epsilon, mean, rstd);
     In* out_row = out + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c)

@@ -45,10 +45,15 @@ class PairRunner {
   PairRunner(const PairTask& task, int threads) : task_(task), threads_(threads > 1 ? threads : 1) {
     const int64_t min_cols = min_of(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
     narrow_ = task.dim <= kNarrowMaxDim && min_cols >= 16;
-    const T* bandwidth = static_cast<const T*>(task.bandwidth);
-    const int64_t count = task.groups * task.num_bandwidths;
-    T* inverse = inverse_bandwidth_.reserve(count);
-    for (int64_t k = 0; k < count; ++k) inverse[k] = T(1) / bandwidth[k];
+    const int num = task.num_bandwidths;
+    T* inverse = inverse_bandwidth_.reserve(task.groups * num);
+    T* scale = distance_scale_.reserve(task.groups);
+    for (int64_t g = 0; g < task.groups; ++g) {
+      const T* bandwidth = static_cast<const T*>(task.bandwidth) + g * num;
+      const T prescale = bandwidth_prescale<K_>(bandwidth, num);
+      scale[g] = static_cast<T>(task.distance_scale) * prescale;
+      for (int k = 0; k < num; ++k) inverse[g * num + k] = T(1) / (prescale * bandwidth[k]);
+    }
   }
 
   void run() {
@@ -56,7 +61,13 @@ class PairRunner {
     const int64_t rows_per_item = narrow_ ? 64 : (task_.n_rows <= 64 ? task_.n_rows : 16);
     const int64_t blocks_per_group = (task_.n_rows + rows_per_item - 1) / rows_per_item;
     const int64_t items = task_.groups * blocks_per_group;
-#pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1 && items > 1)
+    const int team = team_size(threads_, items);
+    // The wide layout's per-thread scratch: R staged rows (16-bit inputs), then R rows of squared
+    // distances to every column (see wide_block).
+    thread_local TeamScratch<T> scratch;
+    const int64_t wide_scratch = size_sum(wide_rows_size(), size_product(R, wide_columns()));
+    const Slices<T> slices = narrow_ ? Slices<T>{nullptr, 0} : scratch.reserve(team, wide_scratch);
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / blocks_per_group;
       const int64_t i0 = (item % blocks_per_group) * rows_per_item;
@@ -64,7 +75,7 @@ class PairRunner {
       if (narrow_) {
         narrow_rows(g, i0, i1);
       } else {
-        wide_rows(g, i0, i1);
+        wide_rows(g, i0, i1, slices.of(omp_get_thread_num()));
       }
     }
   }
@@ -72,7 +83,7 @@ class PairRunner {
  private:
   KernelParams<T> params(int64_t g) const {
     return KernelParams<T>{inverse_bandwidth_.data() + g * task_.num_bandwidths, task_.num_bandwidths,
-                           static_cast<T>(task_.distance_scale), static_cast<T>(task_.eps)};
+                           distance_scale_.data()[g], static_cast<T>(task_.eps)};
   }
 
   T weight(int s, int64_t g, int64_t i, int64_t j) const {
@@ -115,17 +126,16 @@ class PairRunner {
   // Pass 1 computes all squared distances of the block, R x kWideCols pairs per sweep over D (16
   // independent accumulators); Gradient adds pass 2, out_r = sum_j phi_rj (a_r - b_j), one sweep
   // over D that loads each column once for all R rows.
-  void wide_block(int64_t g, int64_t i0, int rows) {
+  void wide_block(int64_t g, int64_t i0, int rows, T* scratch) {
     using SV = Simd<T>;
     using V = typename SV::V;
     constexpr int64_t L = SV::lanes;
     const int64_t D = task_.dim;
     const int64_t D_vec = D - D % L;
-    int64_t columns = 0;
-    for (int s = 0; s < task_.num_sets; ++s) columns += task_.sets[s].n;
+    const int64_t columns = wide_columns();
 
     const T* a[R];
-    T* row_buffer = thread_buffer(0, R * D);
+    T* row_buffer = scratch;
     for (int r = 0; r < R; ++r) {
       const int64_t offset = (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
       if constexpr (std::is_same_v<In, T>) {
@@ -138,8 +148,8 @@ class PairRunner {
     auto column = [&](int s, int64_t j) { return columns_[s] + (g * task_.sets[s].n + j) * D; };
 
     // Pass 1: s2[r * columns + c], c running over the sets' columns in order.
-    T* s2 = thread_buffer(1, R * columns);
-    for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s) {
+    T* s2 = scratch + wide_rows_size();
+    for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
       const int64_t n = task_.sets[s].n;
       for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
         const int cols = static_cast<int>(min_of(kWideCols, n - j0));
@@ -175,7 +185,7 @@ class PairRunner {
     if (task_.mode != PairMode::Gradient) {
       for (int r = 0; r < rows; ++r) {
         const int64_t i = i0 + r;
-        for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s) {
+        for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
           const int64_t n = task_.sets[s].n;
           T total = T(0);
           for (int64_t j = 0; j < n; ++j) {
@@ -193,7 +203,7 @@ class PairRunner {
     // Gradient: phi in place of s2, then pass 2.
     T phi_total[R] = {};
     for (int r = 0; r < R; ++r)
-      for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s)
+      for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s)
         for (int64_t j = 0; j < task_.sets[s].n; ++j) {
           T& phi = s2[r * columns + c0 + j];
           phi = r < rows ? pair_phi<K_, T>(phi, p) * weight(s, g, i0 + r, j) : T(0);
@@ -208,7 +218,7 @@ class PairRunner {
       };
       W acc[R];
       for (int r = 0; r < R; ++r) acc[r] = phi_total[r] * load_w(a[r] + d);
-      for (int s = 0, c0 = 0; s < task_.num_sets; c0 += static_cast<int>(task_.sets[s].n), ++s)
+      for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s)
         for (int64_t j = 0; j < task_.sets[s].n; ++j) {
           const W b = load_w(column(s, j) + d);
           for (int r = 0; r < R; ++r) acc[r] -= s2[r * columns + c0 + j] * b;
@@ -227,8 +237,16 @@ class PairRunner {
     for (int64_t d = D_vec; d < D; ++d) sweep(d, T(0));
   }
 
-  void wide_rows(int64_t g, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i += R) wide_block(g, i, static_cast<int>(min_of(R, i1 - i)));
+  void wide_rows(int64_t g, int64_t i0, int64_t i1, T* scratch) {
+    for (int64_t i = i0; i < i1; i += R) wide_block(g, i, static_cast<int>(min_of(R, i1 - i)), scratch);
+  }
+
+  // Columns of all sets, and the staged rows' share of a thread's scratch (rounded to whole SIMD
+  // vectors, so that the squared distances after it start on one).
+  int64_t wide_columns() const { return task_.sets[0].n + (task_.num_sets > 1 ? task_.sets[1].n : 0); }
+  int64_t wide_rows_size() const {
+    constexpr int64_t L = Simd<T>::lanes;
+    return std::is_same_v<In, T> ? 0 : size_product(R, (task_.dim + L - 1) / L * L);
   }
 
   // ---- narrow layout: a block of R rows against column panels, SIMD across columns -------------
@@ -359,16 +377,11 @@ class PairRunner {
     }
   }
 
-  // Per-thread scratch for the wide layout.
-  static T* thread_buffer(int which, int64_t size) {
-    thread_local Buffer<T> buffers[2];
-    return buffers[which].reserve(size);
-  }
-
   const PairTask& task_;
   int threads_;
   bool narrow_ = false;
-  Buffer<T> inverse_bandwidth_;
+  Buffer<T> inverse_bandwidth_;  // (G, K), and the distance scale per group: see bandwidth_prescale
+  Buffer<T> distance_scale_;
   Buffer<T> staged_[2];
   const T* columns_[2] = {nullptr, nullptr};
 };

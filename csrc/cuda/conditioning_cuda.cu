@@ -31,6 +31,15 @@ __device__ T warp_sum(T v) {
   return v;
 }
 
+template <class T>
+__device__ T warp_max(T v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const T other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = other > v ? other : v;
+  }
+  return v;
+}
+
 template <class F>
 void dispatch_norm(bool rms, F&& f) {
   if (rms) {
@@ -66,6 +75,34 @@ void sum_token_chunks(ConditioningShape shape, int64_t chunks, int parts, const 
 
 // ---- norm + modulate ------------------------------------------------------------------------
 
+// mean and rstd of a row whose squares overflowed, from s x (see statistics_scale), by the warp
+// that owns the row; a row holding inf keeps the non-finite statistics it has.
+template <bool Rms, class In, class T>
+__device__ void large_row_statistics(const In* row, int64_t C, int lane, T eps, T& mean, T& rstd) {
+  T largest = T(0);
+  for (int64_t c = lane; c < C; c += kWarp) {
+    const T magnitude = fabs(static_cast<T>(load(row, c)));
+    largest = magnitude > largest ? magnitude : largest;
+  }
+  largest = warp_max(largest);
+  if (!is_finite(largest)) return;  // uniform across the warp
+  const T s = statistics_scale(largest);
+  T scaled_mean = T(0);
+  if constexpr (!Rms) {
+    const T pivot = s * load(row, 0);
+    T deviations = T(0);
+    for (int64_t c = lane; c < C; c += kWarp) deviations += s * load(row, c) - pivot;
+    scaled_mean = row_mean(pivot, warp_sum(deviations), C);
+  }
+  T squares = T(0);
+  for (int64_t c = lane; c < C; c += kWarp) {
+    const T centered = s * load(row, c) - scaled_mean;
+    squares += centered * centered;
+  }
+  mean = scaled_mean / s;
+  rstd = inverse_std(warp_sum(squares), C, eps * s * s) * s;
+}
+
 template <class In, bool Rms>
 __global__ void norm_modulate_forward_kernel(ConditioningShape shape, acc_t<In> eps, const In* __restrict__ x,
                                              const In* __restrict__ shift, const In* __restrict__ scale,
@@ -89,7 +126,9 @@ __global__ void norm_modulate_forward_kernel(ConditioningShape shape, acc_t<In> 
     const T centered = load(row, c) - mean;
     squares += centered * centered;
   }
-  const T rstd = inverse_std(warp_sum(squares), C, eps);
+  squares = warp_sum(squares);
+  T rstd = inverse_std(squares, C, eps);
+  if (!is_finite(squares)) large_row_statistics<Rms>(row, C, lane, eps, mean, rstd);  // uniform across the warp
   for (int64_t c = lane; c < C; c += kWarp)
     store(out + r * C, c,
           modulate(normalized(load(row, c), mean, rstd), load(shift + b * C, c), load(scale + b * C, c)));

@@ -67,12 +67,16 @@ __device__ __forceinline__ acc_t<In> weight_at(const Args<In>& a, int s, int64_t
   return pick(a.weight, s)[at];
 }
 
-// The group's inverse bandwidths, into shared memory (the energy kernel ignores them).
+// The group's inverse bandwidths 1 / (p h), into shared memory, and its distance scale c p (see
+// bandwidth_prescale; the energy kernel has no bandwidth: p = 1).
 template <KernelKind K, class T>
-__device__ __forceinline__ void load_inverse_bandwidths(const T* bandwidth, int num, int64_t g,
-                                                        T* ih) {
+__device__ __forceinline__ void load_group_bandwidths(const T* bandwidth, int num, int64_t g, T* ih,
+                                                      KernelParams<T>& params, T distance_scale) {
+  const T* group = bandwidth + g * num;
+  const T prescale = bandwidth_prescale<K>(group, num);
   const int t = threadIdx.x;
-  if (t < num) ih[t] = K == KernelKind::Energy ? T(1) : T(1) / bandwidth[g * num + t];
+  if (t < num) ih[t] = K == KernelKind::Energy ? T(1) : T(1) / (prescale * group[t]);
+  params.scale = distance_scale * prescale;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,7 +163,7 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
   const int64_t D = a.dim;
   const int64_t nc = M == PairMode::Matrix ? a.n[0] : a.n[0] + a.n[1];
   const int64_t row_tiles = (a.n_rows + kTileRows - 1) / kTileRows;
-  const KernelParams<T> params{ih, a.num_bandwidths, a.scale, a.eps};
+  KernelParams<T> params{ih, a.num_bandwidths, a.scale, a.eps};
 
   for (int64_t item = blockIdx.x; item < a.groups * row_tiles; item += gridDim.x) {
     const int64_t g = item / row_tiles, i0 = (item % row_tiles) * kTileRows;
@@ -167,7 +171,7 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
     const bool row_ok = i < a.n_rows;
     __syncthreads();  // the previous item is done with shared memory
     // ih is published by the barriers in tile_distances.
-    load_inverse_bandwidths<K>(a.bandwidth, a.num_bandwidths, g, ih);
+    load_group_bandwidths<K>(a.bandwidth, a.num_bandwidths, g, ih, params, a.scale);
     const In* row[kTileRows];  // rows past n_rows repeat the last one; their results are dropped
 #pragma unroll
     for (int r = 0; r < kTileRows; ++r)
@@ -330,7 +334,7 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
   const int rows_per_block = kNarrowThreads >> lanes_log2;
   const int D = static_cast<int>(a.dim);
   const int64_t row_blocks = (a.n_rows + rows_per_block - 1) / rows_per_block;
-  const KernelParams<T> params{ih, a.num_bandwidths, a.scale, a.eps};
+  KernelParams<T> params{ih, a.num_bandwidths, a.scale, a.eps};
 
   for (int e = tid; e < kNarrowCols * kPitch; e += kNarrowThreads) tile[e] = T(0);
 
@@ -340,7 +344,7 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
     const bool row_ok = i < a.n_rows;
     const int64_t ic = row_ok ? i : a.n_rows - 1;  // idle lanes read a valid row, write nothing
     __syncthreads();  // the previous item is done with shared memory
-    load_inverse_bandwidths<K>(a.bandwidth, a.num_bandwidths, g, ih);  // published by tile barriers
+    load_group_bandwidths<K>(a.bandwidth, a.num_bandwidths, g, ih, params, a.scale);  // published by tile barriers
 
     T av[MAXD];
     const In* src = a.rows + (g * a.n_rows + ic) * D;

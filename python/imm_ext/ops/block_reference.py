@@ -28,11 +28,13 @@ def norm_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: str =
     with shift, scale of shape (B, C); norm is LayerNorm without affine ("layer") or RMSNorm ("rms")."""
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, shift.dtype), scale.dtype)
     acc = accumulate_dtype(out_dtype)
-    xa = x.to(acc)
-    if norm == "layer":
-        normed = torch.nn.functional.layer_norm(xa, (x.shape[-1],), eps=eps)
-    else:
-        normed = xa * torch.rsqrt(xa.square().mean(-1, keepdim=True) + eps)
+    # Normalised as x / s for the power of two s >= 1 that brings max |x| below 2, with eps / s^2:
+    # the same result (the scaling is exact), and no overflow of the squares of huge rows.
+    xs = x.to(acc)
+    s = torch.exp2(torch.floor(torch.log2(xs.detach().abs().amax(-1, keepdim=True)))).clamp_min(1)
+    xs = xs / s
+    centered = xs if norm == "rms" else xs - xs.mean(-1, keepdim=True)
+    normed = centered * torch.rsqrt(centered.square().mean(-1, keepdim=True) + eps / s**2)
     return (normed * (1 + _per_sample(scale.to(acc), x)) + _per_sample(shift.to(acc), x)).to(out_dtype)
 
 

@@ -181,9 +181,13 @@ def _check_timestep_embedding_backward(grad, c, max_period) -> None:
 # norm + modulate: kernels (or PyTorch where no kernel applies) and the gradient rule
 
 def _norm_statistics(xa: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
-    """Row mean (0 for RMSNorm) and 1 / sqrt(variance + eps), differentiable, keepdim."""
-    mean = torch.zeros_like(xa[..., :1]) if rms else xa.mean(-1, keepdim=True)
-    return mean, torch.rsqrt((xa - mean).square().mean(-1, keepdim=True) + eps)
+    """Row mean (0 for RMSNorm) and 1 / sqrt(variance + eps), differentiable, keepdim. Taken of x / s
+    for the power of two s >= 1 that brings max |x| below 2 (exact; s = 1 for rows already below 2),
+    so that the squares of rows near the top of the float range do not overflow."""
+    s = torch.exp2(torch.floor(torch.log2(xa.detach().abs().amax(-1, keepdim=True)))).clamp_min(1)
+    xs = xa / s
+    mean = torch.zeros_like(xs[..., :1]) if rms else xs.mean(-1, keepdim=True)
+    return mean * s, torch.rsqrt((xs - mean).square().mean(-1, keepdim=True) + eps / s**2) / s
 
 
 def _norm_modulate_torch(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:

@@ -14,27 +14,36 @@ from .options import (ESTIMATORS, KERNELS, REDUCTIONS, Bandwidth, DistanceScale,
                       resolve_distance_scale)
 
 
+def _ratio(d: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
+    """u = d / h, where it overflows (tiny h) the largest finite float instead of inf: the kernels and
+    their derivatives multiply u by factors that vanish there, and 0 * inf would be NaN."""
+    return (d / bandwidth).clamp(max=torch.finfo(d.dtype).max)
+
+
 def kernel_profile(d: torch.Tensor, bandwidth: torch.Tensor, kernel: str) -> torch.Tensor:
     """k(d) for one bandwidth h (broadcast against d): laplace exp(-d/h), gaussian exp(-d^2/(2h^2)),
-    energy -d, imq (1 + d^2/h^2)^(-1/2)."""
+    energy -d, imq (1 + d^2/h^2)^(-1/2). Exact 0 with zero gradient where k underflows."""
     if kernel == "laplace":
         return torch.exp(-d / bandwidth)
     if kernel == "gaussian":
-        return torch.exp(-0.5 * (d / bandwidth) ** 2)
+        return torch.exp(-0.5 * _ratio(d, bandwidth) ** 2)
     if kernel == "energy":
         return torch.broadcast_to(-d, torch.broadcast_shapes(d.shape, bandwidth.shape))
-    return torch.rsqrt(1 + (d / bandwidth) ** 2)
+    return bandwidth / torch.hypot(bandwidth, d)  # no overflow in u^2, no underflow in its gradient
 
 
 def kernel_slope(d: torch.Tensor, bandwidth: torch.Tensor, kernel: str) -> torch.Tensor:
-    """dk/dd of `kernel_profile`, for the analytic gradients of the kernel-less fallback."""
+    """dk/dd of `kernel_profile`, for the analytic gradients of the kernel-less fallback: (dk/du) / h
+    with u = d / h, so a tiny h never meets an underflowed kernel as inf * 0."""
     if kernel == "laplace":
         return -torch.exp(-d / bandwidth) / bandwidth
-    if kernel == "gaussian":
-        return -d / bandwidth**2 * torch.exp(-0.5 * (d / bandwidth) ** 2)
     if kernel == "energy":
         return torch.full(torch.broadcast_shapes(d.shape, bandwidth.shape), -1.0, dtype=d.dtype, device=d.device)
-    return -d / bandwidth**2 * torch.rsqrt(1 + (d / bandwidth) ** 2) ** 3
+    u = _ratio(d, bandwidth)
+    if kernel == "gaussian":
+        return -(u * torch.exp(-0.5 * u**2)) / bandwidth
+    w = kernel_profile(d, bandwidth, kernel)
+    return -(w / bandwidth) * (u * w) * w  # w^3 alone underflows where the slope does not
 
 
 def distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
