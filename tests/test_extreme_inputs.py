@@ -14,6 +14,7 @@ import torch
 
 import imm_ext
 from imm_ext.ops import block_reference, conditioning_ops, norm_modulate, pairwise_ops, reference
+from imm_ext.ops.device import emulated_cuda
 
 
 def _run_isolated(code: str, env=None, prelude: str = "") -> subprocess.CompletedProcess:
@@ -167,6 +168,12 @@ def test_tiny_bandwidths_on_cuda():
     _check_tiny_bandwidths("cuda")
 
 
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_tiny_bandwidths_on_the_emulated_cuda_kernels(order):
+    with emulated_cuda(order):
+        _check_tiny_bandwidths("cpu")
+
+
 def test_tiny_bandwidths_on_the_pure_pytorch_path(monkeypatch):
     monkeypatch.setattr(pairwise_ops, "has_kernel", lambda t: False)
     _check_tiny_bandwidths()
@@ -250,6 +257,13 @@ def test_norm_modulate_rows_whose_squares_overflow(dtype, norm):
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_norm_modulate_rows_whose_squares_overflow_on_cuda(dtype, norm):
     _check_large_activations(dtype, norm, norm_modulate, device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_norm_modulate_rows_whose_squares_overflow_on_the_emulated_cuda_kernels(dtype, norm):
+    with emulated_cuda("reverse"):
+        _check_large_activations(dtype, norm, norm_modulate)
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
