@@ -1,8 +1,8 @@
 """Training IMM (and the flow-matching baseline) from a typed configuration: presets, YAML and dotted
 overrides (`config`, `config_io`, `presets`), the loop with EMA, mixed precision, gradient accumulation
 and a non-finite guard (`trainer`), exactly resumable atomic checkpoints (`checkpoint`, `rng_state`),
-torchrun-based distributed training (`distributed`), and the run's pictures and metrics (`evaluation`,
-`pictures`, `run_log`). The `imm-ext` command (imm_ext.cli) drives it."""
+torchrun-based distributed training (`distributed`), and the run's pictures, figures and metrics (`evaluation`,
+`pictures`, `plots`, `run_log`). The `imm-ext` command (imm_ext.cli) drives it."""
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_atomic
 from .config import (ConfigError, DataConfig, EvalConfig, LogConfig, LoopConfig, MethodConfig, ModelConfig,
                      OptimizerConfig, TrainingConfig)

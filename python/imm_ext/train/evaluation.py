@@ -13,7 +13,8 @@ import torch
 from ..method import IMMParametrization
 from .components import DataInfo, build_sampler, load_data
 from .config import MethodConfig, TrainingConfig
-from .pictures import image_grid, scatter
+from .pictures import image_grid
+from .plots import scatter
 
 _REAL_PREFIX = "real_vs_real."
 

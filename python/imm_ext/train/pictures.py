@@ -1,22 +1,17 @@
-"""PNG pictures of a run with Pillow alone (no matplotlib): image grids, 2-D scatter plots, and the loss
-curve.
-
-- `image_grid(samples, path)`: (N, C, H, W) samples in [-1, 1] tiled row by row; C = 1 grey, C = 3 RGB,
-  other C (latents) show their first three channels, each rescaled to its own range.
-- `scatter(points, path, reference=None)`: 2-D samples as dots over an optional grey reference cloud.
-- `line_plot(steps, values, path)`: a curve with axes labelled by its range (log scale when asked).
-"""
+"""Sample grids as PNG images (Pillow): `image_grid(samples, path)` tiles (N, C, H, W) samples in [-1, 1]
+row by row, pixel for pixel; C = 1 grey, C = 3 RGB, other C (latents) show their first three channels,
+each rescaled to its own range. Figures with axes (loss curves, 2-D clouds) are in plots.py."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 PathLike = Union[str, Path]
-_BACKGROUND, _INK, _GRID = (255, 255, 255), (31, 119, 180), (200, 200, 200)
+_BACKGROUND = (255, 255, 255)
 
 
 def _to_bytes(samples: torch.Tensor) -> torch.Tensor:
@@ -51,60 +46,6 @@ def image_grid(samples: torch.Tensor, path: PathLike, columns: Optional[int] = N
         canvas.paste(Image.fromarray(tile, mode), (padding + column * (width + padding), padding + row * (height + padding)))
     if scale > 1:
         canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
-    return _save(canvas, path)
-
-
-def scatter(points: torch.Tensor, path: PathLike, reference: Optional[torch.Tensor] = None, size: int = 512,
-            extent: Optional[float] = None) -> Path:
-    """Draw (N, 2) points as dots on a square canvas (over an optional grey reference cloud); the
-    view is [-extent, extent]^2, by default the 99.5% quantile of |coordinates| of all points, padded."""
-    points = points.detach().float().cpu()
-    if points.dim() != 2 or points.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2); got {tuple(points.shape)}")
-    clouds = [points] if reference is None else [reference.detach().float().cpu(), points]
-    if extent is None:
-        extent = 1.1 * float(torch.cat(clouds).abs().flatten().quantile(0.995)) or 1.0
-    canvas = Image.new("RGB", (size, size), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    centre = size / 2
-    draw.line([(centre, 0), (centre, size)], fill=_GRID)
-    draw.line([(0, centre), (size, centre)], fill=_GRID)
-    for cloud, colour in zip(clouds, [(170, 170, 170), _INK] if reference is not None else [_INK]):
-        pixels = (cloud / extent * (size / 2) + centre).round()
-        for x, y in pixels.tolist():
-            if 0 <= x < size and 0 <= y < size:
-                draw.rectangle([x - 1, size - y - 1, x, size - y], fill=colour)
-    return _save(canvas, path)
-
-
-def line_plot(steps: Sequence[float], values: Sequence[float], path: PathLike, title: str = "",
-              log_scale: bool = False, size=(640, 400)) -> Path:
-    """A polyline of `values` against `steps` with the value and step ranges written on the axes."""
-    pairs = [(float(s), float(v)) for s, v in zip(steps, values)
-             if math.isfinite(float(v)) and (not log_scale or float(v) > 0)]
-    canvas = Image.new("RGB", size, _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    left, right, top, bottom = 70, size[0] - 20, 30, size[1] - 40
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    if title:
-        draw.text((left, 8), title, fill=(0, 0, 0))
-    if pairs:
-        xs = [s for s, _ in pairs]
-        ys = [math.log10(v) if log_scale else v for _, v in pairs]
-        x_low, x_high = min(xs), max(xs)
-        y_low, y_high = min(ys), max(ys)
-        x_span, y_span = (x_high - x_low) or 1.0, (y_high - y_low) or 1.0
-        points = [(left + (x - x_low) / x_span * (right - left), bottom - (y - y_low) / y_span * (bottom - top))
-                  for x, y in zip(xs, ys)]
-        if len(points) > 1:
-            draw.line(points, fill=_INK, width=2)
-        else:
-            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=_INK)
-        label = (lambda y: f"{10 ** y:.3g}") if log_scale else (lambda y: f"{y:.3g}")
-        draw.text((4, top), label(y_high), fill=(0, 0, 0))
-        draw.text((4, bottom - 10), label(y_low), fill=(0, 0, 0))
-        draw.text((left, bottom + 8), f"{x_low:g}", fill=(0, 0, 0))
-        draw.text((right - 60, bottom + 8), f"step {x_high:g}", fill=(0, 0, 0))
     return _save(canvas, path)
 
 

@@ -59,7 +59,7 @@ from .config_io import dump_config, parse_config
 from .ema import EMA
 from .evaluation import (Metrics, evaluate_steps, generate, grid_labels, metrics_table, real_samples,
                          save_samples_picture, write_metrics)
-from .pictures import line_plot
+from .plots import loss_curve
 from .precision import configure_precision, grad_scaler, wrap_network
 from .resume_check import check_resume
 from .rng_state import capture_rng_state, restore_rng_state, seed_everything
@@ -479,9 +479,8 @@ class Trainer:
 
     def _loss_curve(self) -> None:
         entries = [entry for entry in read_log(self.run_dir) if "loss" in entry]
-        line_plot([entry["step"] for entry in entries], [entry["loss"] for entry in entries],
-                  self.run_dir / "loss.png", title=f"{self.config.run_name}: {self.config.method.kind} loss (log scale)",
-                  log_scale=True)
+        loss_curve([entry["step"] for entry in entries], [entry["loss"] for entry in entries],
+                   self.run_dir / "loss.png", title=f"{self.config.run_name}: {self.config.method.kind} loss")
 
 
 def _newest_checkpoint_text(checkpoint_dir: Path) -> str:
