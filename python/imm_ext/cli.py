@@ -135,33 +135,12 @@ def _train(arguments) -> int:
 # ---------------------------------------------------------------------------------------------
 # sample / eval
 
-def _load_model(path: Path, use_ema: bool):
-    """(model f_{s,t} on the best device, config, data info) from a training checkpoint."""
-    from .train.components import DataInfo, build_network, parametrize
-
-    state = load_checkpoint(path)
-    config = parse_config(state["config"], source=f"the config in {path}")
-    try:
-        info = DataInfo.from_dict(state["data_info"])
-        network = build_network(state["network"]["kind"], dict(state["network"]["arguments"]))
-        weights = state["ema"]["model"] if use_ema else state["model"]
-        network.load_state_dict(weights)
-    except KeyError as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks {error} (not written by `imm-ext train`?)") from None
-    except (RuntimeError, TypeError, ValueError) as error:
-        raise CheckpointError(f"the network or weights in {str(path)!r} cannot be rebuilt: "
-                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = network.to(device).eval()
-    return parametrize(network, config.method, info), config, info, int(state["step"])
-
-
 def _sample(arguments) -> int:
     import numpy as np
 
-    from .train.evaluation import generate, grid_labels, save_samples_picture
+    from .train.evaluation import generate, grid_labels, load_trained_model, save_samples_picture
 
-    model, config, info, _ = _load_model(arguments.ckpt, not arguments.no_ema)
+    model, config, info, _ = load_trained_model(arguments.ckpt, not arguments.no_ema)
     steps_list = arguments.steps or [config.method.sampling_steps]
     suffix = arguments.out.suffix.lower()
     if suffix not in (".png", ".npz"):
@@ -188,9 +167,10 @@ def _sample(arguments) -> int:
 
 
 def _evaluate(arguments) -> int:
-    from .train.evaluation import Metrics, evaluate_steps, metrics_table, real_samples, write_metrics
+    from .train.evaluation import (Metrics, evaluate_steps, load_trained_model, metrics_table, real_samples,
+                                   write_metrics)
 
-    model, config, info, step = _load_model(arguments.ckpt, not arguments.no_ema)
+    model, config, info, step = load_trained_model(arguments.ckpt, not arguments.no_ema)
     steps_list = arguments.steps or list(config.eval.steps)
     count = arguments.n or config.eval.num_samples
     seed = config.eval.seed if arguments.seed is None else arguments.seed

@@ -11,7 +11,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..method import IMMParametrization
-from .components import DataInfo, build_sampler, load_data
+from .checkpoint import CheckpointError, load_checkpoint
+from .components import DataInfo, build_network, build_sampler, load_data, parametrize
+from .config_io import parse_config
 from .config import MethodConfig, TrainingConfig
 from .pictures import image_grid
 from .plots import scatter
@@ -168,3 +170,23 @@ def real_samples(config: TrainingConfig, info: DataInfo) -> torch.Tensor:
         indices = torch.randperm(len(dataset), generator=generator)[:count]
         return dataset.tensors()[0][indices].float()
     return torch.stack([dataset[i][0] for i in range(count)]).float()
+
+
+def load_trained_model(path: Path, use_ema: bool = True):
+    """(model f_{s,t} on the best device, its TrainingConfig, DataInfo, step) from a training checkpoint,
+    with the EMA weights (use_ema) or the raw ones."""
+    state = load_checkpoint(path)
+    config = parse_config(state["config"], source=f"the config in {path}")
+    try:
+        info = DataInfo.from_dict(state["data_info"])
+        network = build_network(state["network"]["kind"], dict(state["network"]["arguments"]))
+        weights = state["ema"]["model"] if use_ema else state["model"]
+        network.load_state_dict(weights)
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {error} (not written by `imm-ext train`?)") from None
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"the network or weights in {str(path)!r} cannot be rebuilt: "
+                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = network.to(device).eval()
+    return parametrize(network, config.method, info), config, info, int(state["step"])

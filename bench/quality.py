@@ -1,0 +1,258 @@
+"""IMM against flow matching at equal training wall time: the study behind the README's Results.
+
+    python bench/quality.py --dataset digits --budgets 120,300,900 --seeds 0,1,2
+    python bench/quality.py --dataset fashion-mnist --budgets 600,1800 --seeds 0
+    python bench/quality.py --quick                          # a smoke run (the tests use it)
+
+For each seed, IMM and flow matching train side by side with the trainer (`imm-ext train`, the
+dataset's preset: same network, data order, loop and machine, one thread each, so both share the load),
+each for as many steps as its measured speed fits in the largest budget, checkpointing as it goes.
+The checkpoint each method reached at each budget is then scored with the EMA weights: IMM at 1, 2, 4
+and 8 steps, flow matching with Euler and Heun at 1 to 100 steps (Heun takes two network evaluations a
+step), in the dataset's frozen feature network (Frechet distance and the rest, beside the
+real-vs-real floor).
+
+Speeds are measured first (both methods concurrently, briefly) and written to the results; a run given
+`--speeds FILE` (an earlier results JSON) reuses them, so the same seeds give the same numbers.
+Writes bench/results/quality-<dataset>-<time>.json (every number, each run's config, the machine, wall
+and CPU times) and figures next to it: FD against network evaluations, FD against training time, and
+sample grids of IMM at 1 and 2 steps beside flow matching at 2, 8 and 50.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from imm_ext.health_check import cpu_model
+from imm_ext.train.checkpoint import list_checkpoints
+from imm_ext.train.evaluation import Metrics, evaluate_steps, generate, load_trained_model, real_samples
+
+IMM_STEPS = (1, 2, 4, 8)
+FM_STEPS = (1, 2, 4, 8, 16, 25, 32, 50, 100)
+METHODS = {"imm": [], "flow_matching": ["method.kind=flow_matching"]}
+QUIET = ["log.progress=false", "log.tensorboard=false", "log.sample_every=0", "eval.steps=1", "eval.num_samples=64"]
+
+
+def _train_side_by_side(dataset: str, root: Path, steps: Dict[str, int], seed: int, checkpoint_every: Dict[str, int],
+                        extra: List[str]) -> Dict[str, dict]:
+    """Both methods' `imm-ext train` at once; each one's wall and CPU seconds."""
+    runs = {}
+    for method, overrides in METHODS.items():
+        command = [sys.executable, "-m", "imm_ext.cli", "train", "--preset", dataset, "--name", f"{method}-{seed}",
+                   f"log.root={root}", f"train.steps={steps[method]}", f"train.seed={seed}", "train.threads=1",
+                   f"log.checkpoint_every={checkpoint_every[method]}", "log.keep_checkpoints=100000",
+                   *QUIET, *overrides, *extra]
+        runs[method] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"}), time.perf_counter(), command)
+    report = {}
+    for method, (process, started, command) in runs.items():
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        error = process.stderr.read()
+        if status != 0:
+            raise RuntimeError(f"{method} training failed:\n{error[-3000:]}")
+        report[method] = {"command": command[1:], "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                          "run_dir": str(root / f"{method}-{seed}")}
+    return report
+
+
+def measure_speeds(dataset: str, steps: int, extra: List[str]) -> Dict[str, float]:
+    """Training steps per second of each method, both running at once, from their own logs."""
+    with tempfile.TemporaryDirectory() as root:
+        _train_side_by_side(dataset, Path(root), {m: steps for m in METHODS}, 0, {m: steps for m in METHODS},
+                            ["log.log_every=1", *extra])
+        speeds = {}
+        for method in METHODS:
+            log = [json.loads(line) for line in (Path(root) / f"{method}-0" / "log.jsonl").read_text().splitlines()]
+            # skip the first steps (start-up, first allocations): the rate over the second half
+            half = log[len(log) // 2]
+            speeds[method] = (log[-1]["step"] - half["step"]) / (log[-1]["elapsed_s"] - half["elapsed_s"])
+        return speeds
+
+
+def score(checkpoint: Path, method: str, samples: int) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{sampler: {steps: metrics}} of one checkpoint, EMA weights."""
+    model, config, info, _ = load_trained_model(checkpoint, use_ema=True)
+    metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=config.eval.seed)
+    samplers = {"imm": (config.method, IMM_STEPS)} if method == "imm" else {
+        solver: (replace(config.method, fm_solver=solver), FM_STEPS) for solver in ("euler", "heun")}
+    return {name: {str(k): v for k, v in evaluate_steps(model, sampler_config, info, metrics, steps, samples,
+                                                        seed=config.eval.seed, batch_size=500).items()}
+            for name, (sampler_config, steps) in samplers.items()}
+
+
+def network_evaluations(sampler: str, steps: int) -> int:
+    return 2 * steps if sampler == "heun" else steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.tight_layout()
+    FigureCanvasAgg(figure).print_png(str(path))
+    return path
+
+
+def _mean_fd(results: dict, budget: str, method: str, sampler: str, steps: str) -> float:
+    values = [seed[budget][method][sampler][steps]["fd"] for seed in results["seeds"].values()]
+    return sum(values) / len(values)
+
+
+def figure_fd_against_evaluations(results: dict, path: Path) -> Path:
+    figure = Figure(figsize=(7.0, 4.5), dpi=100)
+    axes = figure.add_subplot()
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for colour, budget in zip(colours, results["budgets_s"]):
+        key = str(budget)
+        for method, sampler, style, steps in (("imm", "imm", "-o", IMM_STEPS), ("flow_matching", "euler", "--s", FM_STEPS),
+                                              ("flow_matching", "heun", ":^", FM_STEPS)):
+            xs = [network_evaluations(sampler, s) for s in steps]
+            ys = [_mean_fd(results, key, method, sampler, str(s)) for s in steps]
+            label = f"{'IMM' if method == 'imm' else 'FM ' + sampler} {budget:g} s"
+            axes.plot(xs, ys, style, color=colour, markersize=3, label=label)
+    floor = results["real_vs_real_fd"]
+    axes.axhspan(0, floor, color="0.85", label=f"real vs real ({floor:.2f})")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("network evaluations per sample")
+    axes.set_ylabel(f"FD ({results['dataset']} features)")
+    axes.set_title(f"{results['dataset']}: IMM vs flow matching at equal training time (mean of "
+                   f"{len(results['seeds'])} seed(s))")
+    axes.legend(fontsize=7, ncol=2, frameon=False)
+    return _save(figure, path)
+
+
+def figure_fd_against_time(results: dict, path: Path) -> Path:
+    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    axes = figure.add_subplot()
+    budgets = results["budgets_s"]
+    for label, method, sampler, steps in (("IMM 1 step", "imm", "imm", "1"), ("IMM 2 steps", "imm", "imm", "2"),
+                                          ("FM Euler 50 steps", "flow_matching", "euler", "50"),
+                                          ("FM Heun 25 steps (50 NFE)", "flow_matching", "heun", "25")):
+        axes.plot(budgets, [_mean_fd(results, str(b), method, sampler, steps) for b in budgets], "-o", label=label)
+    axes.axhline(results["real_vs_real_fd"], color="0.5", linestyle=":", label="real vs real")
+    axes.set_xscale("log")
+    axes.set_xlabel("training wall time per method (s, both running at once)")
+    axes.set_ylabel("FD")
+    axes.set_title(f"{results['dataset']}: FD against training time")
+    axes.legend(fontsize=8, frameon=False)
+    return _save(figure, path)
+
+
+def _tiled(samples: torch.Tensor, side: int) -> torch.Tensor:
+    """(side^2, C, H, W) in [-1, 1] as one (H', W', C) picture in [0, 1], a one-pixel white line between."""
+    padded = torch.nn.functional.pad((samples.clamp(-1, 1) + 1) / 2, (0, 1, 0, 1), value=1.0)
+    _, channels, height, width = padded.shape
+    grid = padded.reshape(side, side, channels, height, width).permute(0, 3, 1, 4, 2)
+    return grid.reshape(side * height, side * width, channels)
+
+
+def sample_grids(checkpoints: Dict[str, Path], path: Path, side: int = 8) -> Path:
+    """IMM at 1 and 2 steps beside flow matching (Euler) at 2, 8 and 50, from the same noise."""
+    panels = []
+    for method, steps_list in (("imm", (1, 2)), ("flow_matching", (2, 8, 50))):
+        model, config, info, _ = load_trained_model(checkpoints[method], use_ema=True)
+        for steps in steps_list:
+            samples, _ = generate(model, config.method, info, steps, side * side, seed=0)
+            name = "IMM" if method == "imm" else "FM Euler"
+            panels.append((f"{name}, {steps} step{'s' if steps > 1 else ''}", _tiled(samples, side)))
+    figure = Figure(figsize=(2.2 * len(panels), 2.5), dpi=100)
+    for index, (title, picture) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        axes.imshow(picture.squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes.set_title(title, fontsize=9)
+        axes.set_axis_off()
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
+    parser.add_argument("--budgets", default="120,300,900", help="training wall seconds per method, comma-separated")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--samples", type=int, default=1000, help="generated samples per metric")
+    parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, one seed, few samples")
+    arguments = parser.parse_args(argv)
+    extra = []
+    if arguments.quick:
+        arguments.budgets, arguments.seeds, arguments.samples = "2,4", "0", 200
+        extra = ["model.options={patch_size: 4, hidden_size: 16, depth: 1, heads: 2}", "train.batch_size=32"]
+    budgets = [float(b) for b in arguments.budgets.split(",")]
+    seeds = [int(s) for s in arguments.seeds.split(",")]
+    started = time.perf_counter()
+
+    if arguments.speeds:
+        speeds = json.loads(arguments.speeds.read_text())["steps_per_s"]
+    else:
+        speeds = measure_speeds(arguments.dataset, 30 if arguments.quick else 200, extra)
+    steps = {m: {str(b): max(1, int(speeds[m] * b)) for b in budgets} for m in METHODS}
+    # Checkpoints at every budget's step (and nothing else kept): the trainer writes every `every` steps.
+    every = {m: max(1, min(steps[m].values()) // 4) for m in METHODS}
+    targets = {m: {b: s - s % every[m] if s >= every[m] else every[m] for b, s in steps[m].items()} for m in METHODS}
+
+    results = {"dataset": arguments.dataset, "budgets_s": budgets, "steps_per_s": speeds, "steps": targets,
+               "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                           "torch": torch.__version__},
+               "imm_steps": list(IMM_STEPS), "fm_steps": list(FM_STEPS), "samples": arguments.samples,
+               "seeds": {}, "runs": {}, "command": sys.argv}
+    with tempfile.TemporaryDirectory() as root:
+        for seed in seeds:
+            final = {m: max(targets[m].values()) for m in METHODS}
+            runs = _train_side_by_side(arguments.dataset, Path(root), final, seed, every, extra)
+            results["runs"][str(seed)] = runs
+            per_budget = {}
+            for budget in map(str, budgets):
+                per_budget[budget] = {}
+                for method in METHODS:
+                    wanted = Path(runs[method]["run_dir"]) / "checkpoints" / f"step-{targets[method][budget]:08d}.pt"
+                    per_budget[budget][method] = score(wanted, method, arguments.samples)
+            results["seeds"][str(seed)] = per_budget
+            if seed == seeds[0]:
+                first = {m: list_checkpoints(Path(runs[m]["run_dir"]) / "checkpoints")[-1] for m in METHODS}
+                config = Path(runs["imm"]["run_dir"]) / "config.yaml"
+                results["config"] = {"imm": config.read_text(),
+                                     "flow_matching": (Path(runs["flow_matching"]["run_dir"]) / "config.yaml").read_text()}
+                stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+                arguments.out_dir.mkdir(parents=True, exist_ok=True)
+                stem = arguments.out_dir / f"quality-{arguments.dataset}-{stamp}"
+                sample_grids(first, Path(f"{stem}-samples.png"))
+        any_seed = next(iter(results["seeds"].values()))
+        last = any_seed[str(budgets[-1])]["imm"]["imm"]["1"]
+        results["real_vs_real_fd"] = last.get("real_vs_real.fd", float("nan"))
+    results["wall_s"] = time.perf_counter() - started
+    figures = {"fd_vs_evaluations": str(figure_fd_against_evaluations(results, Path(f"{stem}-fd-vs-nfe.png"))),
+               "fd_vs_time": str(figure_fd_against_time(results, Path(f"{stem}-fd-vs-time.png"))),
+               "samples": f"{stem}-samples.png"}
+    results["figures"] = figures
+    Path(f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"results: {stem}.json; figures: {', '.join(figures.values())}")
+    for budget in map(str, budgets):
+        print(f"budget {budget} s: IMM FD at 1/2 steps {_mean_fd(results, budget, 'imm', 'imm', '1'):.2f} / "
+              f"{_mean_fd(results, budget, 'imm', 'imm', '2'):.2f}; FM Euler 50 "
+              f"{_mean_fd(results, budget, 'flow_matching', 'euler', '50'):.2f}, Heun 25 "
+              f"{_mean_fd(results, budget, 'flow_matching', 'heun', '25'):.2f} (real vs real "
+              f"{results['real_vs_real_fd']:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""bench/quality.py --quick: trains both methods side by side with the trainer, scores every checkpoint of
+interest at every sampler step count, and writes the results JSON (every number, each run's config and
+times, the machine) and its figures. No quality threshold is asserted: the smoke run trains for seconds."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_study_writes_its_results_and_figures(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--quick", "--out-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (path,) = tmp_path.glob("quality-digits-*.json")
+    results = json.loads(path.read_text())
+    assert results["dataset"] == "digits" and results["budgets_s"] == [2.0, 4.0]
+    assert set(results["steps_per_s"]) == {"imm", "flow_matching"} and all(v > 0 for v in results["steps_per_s"].values())
+    for budget in ("2.0", "4.0"):
+        scores = results["seeds"]["0"][budget]
+        assert set(scores["imm"]["imm"]) == {"1", "2", "4", "8"}
+        for solver in ("euler", "heun"):
+            assert set(scores["flow_matching"][solver]) == {str(s) for s in results["fm_steps"]}
+        assert all(value["fd"] >= 0 for value in scores["imm"]["imm"].values())
+    for method in ("imm", "flow_matching"):
+        assert results["runs"]["0"][method]["wall_s"] > 0 and results["runs"]["0"][method]["cpu_s"] > 0
+        assert "method:" in results["config"][method]
+    assert "kind: flow_matching" in results["config"]["flow_matching"]
+    assert results["real_vs_real_fd"] > 0 and results["machine"]["cores"] >= 1
+    for figure in results["figures"].values():
+        with Image.open(figure) as image:
+            assert image.format == "PNG" and image.size[0] > 300
