@@ -87,11 +87,13 @@ def measure_speeds(dataset: str, steps: int, extra: List[str]) -> Dict[str, floa
 def score(checkpoint: Path, method: str, samples: int) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{sampler: {steps: metrics}} of one checkpoint, EMA weights."""
     model, config, info, _ = load_trained_model(checkpoint, use_ema=True)
+    config = replace(config, eval=replace(config.eval, num_samples=samples))  # as many real samples as generated
     metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=config.eval.seed)
     samplers = {"imm": (config.method, IMM_STEPS)} if method == "imm" else {
         solver: (replace(config.method, fm_solver=solver), FM_STEPS) for solver in ("euler", "heun")}
-    return {name: {str(k): v for k, v in evaluate_steps(model, sampler_config, info, metrics, steps, samples,
-                                                        seed=config.eval.seed, batch_size=500).items()}
+    return {name: {str(k): {**v, "real_samples": len(metrics.real)}
+                   for k, v in evaluate_steps(model, sampler_config, info, metrics, steps, samples,
+                                              seed=config.eval.seed, batch_size=500).items()}
             for name, (sampler_config, steps) in samplers.items()}
 
 

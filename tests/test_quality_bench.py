@@ -25,6 +25,8 @@ def test_quick_study_writes_its_results_and_figures(tmp_path):
         for solver in ("euler", "heun"):
             assert set(scores["flow_matching"][solver]) == {str(s) for s in results["fm_steps"]}
         assert all(value["fd"] >= 0 for value in scores["imm"]["imm"].values())
+        # every score compares as many generated as real samples (the run's own eval settings don't leak in)
+        assert {value["real_samples"] for value in scores["flow_matching"]["heun"].values()} == {results["samples"]}
     for method in ("imm", "flow_matching"):
         assert results["runs"]["0"][method]["wall_s"] > 0 and results["runs"]["0"][method]["cpu_s"] > 0
         assert "method:" in results["config"][method]
