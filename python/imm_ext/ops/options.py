@@ -29,6 +29,7 @@ MAX_BANDWIDTHS = 16
 Bandwidth = Union[float, Sequence[float], torch.Tensor]
 DistanceScale = Union[None, str, float]
 
+
 def _positive_finite(v) -> bool:
     """0 < v < inf without math.isfinite, so that it also traces (symbolic floats under compile)."""
     return 0 < v < math.inf
@@ -131,7 +132,6 @@ def check_pair_gradient_op(rows, cols0, weight0, cols1, weight1, bandwidth, kern
     (G, R, C) weight (any strides) in the accumulation dtype, both or neither of the second pair."""
     if (cols1 is None) != (weight1 is None):
         raise ValueError("cols1 and weight1 must be given together (or both be None)")
-    acc = None
     for cols_name, cols, weight_name, weight in (("cols0", cols0, "weight0", weight0),
                                                  ("cols1", cols1, "weight1", weight1)):
         if cols is None:
