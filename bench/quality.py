@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from imm_ext.health_check import cpu_model
 from imm_ext.train.checkpoint import list_checkpoints
 from imm_ext.train.evaluation import Metrics, evaluate_steps, generate, load_trained_model, real_samples
+from imm_ext.train.plots import save_figure
 
 IMM_STEPS = (1, 2, 4, 8)
 FM_STEPS = (1, 2, 4, 8, 16, 25, 32, 50, 100)
@@ -104,12 +104,6 @@ def network_evaluations(sampler: str, steps: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Figures
 
-def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
-    FigureCanvasAgg(figure).print_png(str(path))
-    return path
-
-
 def _mean_fd(results: dict, budget: str, method: str, sampler: str, steps: str) -> float:
     values = [seed[budget][method][sampler][steps]["fd"] for seed in results["seeds"].values()]
     return sum(values) / len(values)
@@ -136,7 +130,7 @@ def figure_fd_against_evaluations(results: dict, path: Path) -> Path:
     axes.set_title(f"{results['dataset']}: IMM vs flow matching at equal training time (mean of "
                    f"{len(results['seeds'])} seed(s))")
     axes.legend(fontsize=7, ncol=2, frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def figure_fd_against_time(results: dict, path: Path) -> Path:
@@ -153,7 +147,7 @@ def figure_fd_against_time(results: dict, path: Path) -> Path:
     axes.set_ylabel("FD")
     axes.set_title(f"{results['dataset']}: FD against training time")
     axes.legend(fontsize=8, frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _tiled(samples: torch.Tensor, side: int) -> torch.Tensor:
@@ -179,7 +173,7 @@ def sample_grids(checkpoints: Dict[str, Path], path: Path, side: int = 8) -> Pat
         axes.imshow(picture.squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes.set_title(title, fontsize=9)
         axes.set_axis_off()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 """imm_ext.ops.interpolant_pair and imm_ext.ops.sampler_step: values against the pure-PyTorch
-references, gradients, the op contract (opcheck, torch.compile), bad input, and CUDA vs CPU."""
+references, gradients, the op contract (opcheck, torch.compile) and bad input (CUDA against CPU: test_cuda.py)."""
 import pytest
 import torch
 from hypothesis import given, strategies as st
 
-import imm_ext
 from imm_ext.ops import (interpolant_ops, interpolant_pair, interpolant_pair_reference, sampler_step,
                          sampler_step_reference)
 

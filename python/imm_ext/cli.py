@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import torch
-
 from .train.checkpoint import CheckpointError, load_checkpoint, resolve_resume
 from .train.config import ConfigError, TrainingConfig
 from .train.config_io import apply_overrides, dump_config, load_config, parse_config

@@ -4,7 +4,6 @@ density / coverage, each beside its real-vs-real floor) or the 2-D toy metrics."
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 

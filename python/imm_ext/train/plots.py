@@ -55,7 +55,7 @@ def loss_curve(steps: Sequence[float], values: Sequence[float], path: PathLike, 
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, which="major", alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def scatter(points: torch.Tensor, path: PathLike, reference: Optional[torch.Tensor] = None,
@@ -78,10 +78,11 @@ def scatter(points: torch.Tensor, path: PathLike, reference: Optional[torch.Tens
     axes.set_aspect("equal")
     if reference is not None:
         axes.legend(loc="upper right", markerscale=4, frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure: Figure, path: PathLike) -> Path:
+def save_figure(figure: Figure, path: PathLike) -> Path:
+    """`figure` as a PNG at `path` (its folder created), laid out tight."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
