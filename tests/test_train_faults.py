@@ -1,8 +1,9 @@
 """Fault injection in the trainer: a run is SIGKILLed at each point of a checkpoint write (half-written
-file, before and after the rename, mid-rotation), in the middle of a step and in the middle of a log
-line; after each kill the newest checkpoint loads and verifies, and the run resumed to the end is
-bit-identical to one that never stopped, with a log of exactly one line per step. A full disk and a
-read-only directory stop the run with the previous checkpoint intact.
+file, before and after the rename, mid-rotation), in the middle of a step, in the middle of a log
+line, and between the last checkpoint and the summary; after each kill the newest checkpoint loads and
+verifies, and the run resumed to the end is bit-identical to one that never stopped, with a log of
+exactly one line per step. A full disk and a read-only directory stop the run with the previous
+checkpoint intact.
 
 Kills at random moments run too: two by default, IMM_EXT_SOAK=N for a longer soak of N."""
 import errno
@@ -52,7 +53,8 @@ CHILD = textwrap.dedent("""
 
     def replace(source, destination):
         hit = os.path.basename(str(destination)) == target
-        if hit and point == "before-replace":
+        summary = os.path.basename(str(destination)) == "summary.json"
+        if (hit and point == "before-replace") or (summary and point == "before-summary"):
             die()
         real_replace(source, destination)
         if hit and point == "after-replace":
@@ -92,7 +94,7 @@ CHILD = textwrap.dedent("""
 """)
 
 FAULTS = [("partial-write", 2), ("before-replace", 4), ("after-replace", 5), ("rotation", 7), ("mid-step", 9),
-          ("log-line", 10)]
+          ("log-line", 10), ("before-summary", STEPS)]
 
 
 def run_child(tmp_path, run_dir, point="none", at=0, timeout=300):
@@ -134,7 +136,7 @@ def test_kills_at_every_fault_point_lose_nothing(tmp_path, reference_run):
         child = run_child(tmp_path, run_dir, point, at)
         assert child.returncode == -9, f"{point}@{at} did not fire:\n{child.stderr[-2000:]}"
         # What survives the kill: the checkpoint of the killed step only once its rename happened.
-        survived = at if point in ("after-replace", "rotation") else at - 1
+        survived = at if point in ("after-replace", "rotation", "before-summary") else at - 1
         assert_newest_checkpoint_is_good(run_dir, survived)
     finished = run_child(tmp_path, run_dir)
     assert finished.returncode == 0, finished.stderr[-2000:]

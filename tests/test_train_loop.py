@@ -110,7 +110,7 @@ def test_precisions_and_flow_matching_run(tmp_path, overrides):
 def test_resume_refuses_a_finished_run(tmp_path):
     config = tiny_config("train.steps=2")
     Trainer(config, run_dir=tmp_path).run()
-    with pytest.raises(ValueError, match="already at step 2"):
+    with pytest.raises(ValueError, match="already at step 2 and the run is finished"):
         Trainer(config, run_dir=tmp_path, resume="auto").run()
     extended = Trainer(tiny_config("train.steps=3"), run_dir=tmp_path, resume="auto").run()
     assert extended.step == 3

@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -211,9 +212,11 @@ class Trainer:
             step, skipped_total, consecutive_nonfinite = self._restore(state, context, network, ema, optimizer,
                                                                        scaler, stream, generator)
             interval_losses = [float(value) for value in state["interval_losses"]]
-            if step >= loop.steps:
-                raise ConfigError(f"train.steps: the checkpoint {str(resume_path)!r} is already at step {step}; "
-                                  f"raise train.steps to continue")
+            finished = (self.run_dir / "summary.json").is_file()
+            if step > loop.steps or (step == loop.steps and finished):
+                raise ConfigError(f"train.steps: the checkpoint {str(resume_path)!r} is already at step {step}"
+                                  f"{' and the run is finished' if finished else ''}; raise train.steps to continue")
+            # step == loop.steps without a summary: killed after its last checkpoint; the final outputs follow.
 
         # 5. Run directory (rank 0): the resolved config and the log up to the checkpoint (a torn tail dropped).
         run_log = None
@@ -244,7 +247,7 @@ class Trainer:
                 return None
             return save_checkpoint(payload, checkpoint_dir, config.log.keep_checkpoints)
 
-        stop_reason, last_checkpoint = None, None
+        stop_reason, last_checkpoint = None, resume_path
         try:
             while step < loop.steps:
                 # 6a. Learning rate (linear warmup) and this rank's batch.
@@ -365,7 +368,9 @@ class Trainer:
             summary = {"step": step, "checkpoint": str(last_checkpoint), "parameter_sha256_by_rank": digests,
                        "skipped_steps": skipped_total, "world_size": context.world_size,
                        "metrics_by_steps": {str(k): v for k, v in result.metrics.items()}}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            temporary = self.run_dir / ".summary.json.tmp"  # written last and whole: it marks a finished run
+            temporary.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(temporary, self.run_dir / "summary.json")
         distributed.barrier(context)
         return result
 
