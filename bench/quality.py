@@ -3,6 +3,7 @@
     python bench/quality.py --dataset digits --budgets 120,300,900 --seeds 0,1,2
     python bench/quality.py --dataset fashion-mnist --budgets 600,1800 --seeds 0
     python bench/quality.py --quick                          # a smoke run (the tests use it)
+    python bench/quality.py --ablation particles --budgets 300   # a variant set: see ablation.py
 
 For each seed, IMM and flow matching train side by side with the trainer (`imm-ext train`, the
 dataset's preset: same network, data order, loop and machine, one thread each, so both share the load),
@@ -24,82 +25,22 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import torch
 from matplotlib.figure import Figure
 
 from imm_ext.health_check import cpu_model
 from imm_ext.train.checkpoint import list_checkpoints
-from imm_ext.train.evaluation import Metrics, evaluate_steps, generate, load_trained_model, real_samples
+from imm_ext.train.evaluation import generate, load_trained_model
 from imm_ext.train.plots import save_figure
-
-IMM_STEPS = (1, 2, 4, 8)
-FM_STEPS = (1, 2, 4, 8, 16, 25, 32, 50, 100)
-METHODS = {"imm": [], "flow_matching": ["method.kind=flow_matching"]}
-QUIET = ["log.progress=false", "log.tensorboard=false", "log.sample_every=0", "eval.steps=1", "eval.num_samples=64"]
-
-
-def _train_side_by_side(dataset: str, root: Path, steps: Dict[str, int], seed: int, checkpoint_every: Dict[str, int],
-                        extra: List[str]) -> Dict[str, dict]:
-    """Both methods' `imm-ext train` at once; each one's wall and CPU seconds."""
-    runs = {}
-    for method, overrides in METHODS.items():
-        command = [sys.executable, "-m", "imm_ext.cli", "train", "--preset", dataset, "--name", f"{method}-{seed}",
-                   f"log.root={root}", f"train.steps={steps[method]}", f"train.seed={seed}", "train.threads=1",
-                   f"log.checkpoint_every={checkpoint_every[method]}", "log.keep_checkpoints=100000",
-                   *QUIET, *overrides, *extra]
-        runs[method] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"}), time.perf_counter(), command)
-    report = {}
-    for method, (process, started, command) in runs.items():
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        error = process.stderr.read()
-        if status != 0:
-            raise RuntimeError(f"{method} training failed:\n{error[-3000:]}")
-        report[method] = {"command": command[1:], "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-                          "run_dir": str(root / f"{method}-{seed}")}
-    return report
-
-
-def measure_speeds(dataset: str, steps: int, extra: List[str]) -> Dict[str, float]:
-    """Training steps per second of each method, both running at once, from their own logs."""
-    with tempfile.TemporaryDirectory() as root:
-        _train_side_by_side(dataset, Path(root), {m: steps for m in METHODS}, 0, {m: steps for m in METHODS},
-                            ["log.log_every=1", *extra])
-        speeds = {}
-        for method in METHODS:
-            log = [json.loads(line) for line in (Path(root) / f"{method}-0" / "log.jsonl").read_text().splitlines()]
-            # skip the first steps (start-up, first allocations): the rate over the second half
-            half = log[len(log) // 2]
-            speeds[method] = (log[-1]["step"] - half["step"]) / (log[-1]["elapsed_s"] - half["elapsed_s"])
-        return speeds
-
-
-def score(checkpoint: Path, method: str, samples: int) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{sampler: {steps: metrics}} of one checkpoint, EMA weights."""
-    model, config, info, _ = load_trained_model(checkpoint, use_ema=True)
-    config = replace(config, eval=replace(config.eval, num_samples=samples))  # as many real samples as generated
-    metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=config.eval.seed)
-    samplers = {"imm": (config.method, IMM_STEPS)} if method == "imm" else {
-        solver: (replace(config.method, fm_solver=solver), FM_STEPS) for solver in ("euler", "heun")}
-    return {name: {str(k): {**v, "real_samples": len(metrics.real)}
-                   for k, v in evaluate_steps(model, sampler_config, info, metrics, steps, samples,
-                                              seed=config.eval.seed, batch_size=500).items()}
-            for name, (sampler_config, steps) in samplers.items()}
-
-
-def network_evaluations(sampler: str, steps: int) -> int:
-    return 2 * steps if sampler == "heun" else steps
-
+from ablation import VARIANT_SETS, run_variant_set
+from study_runs import FM_STEPS, IMM_STEPS, METHODS, measure_speeds, network_evaluations, score, train_together
 
 # ---------------------------------------------------------------------------------------------
 # Figures
@@ -181,7 +122,9 @@ def sample_grids(checkpoints: Dict[str, Path], path: Path, side: int = 8) -> Pat
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
-    parser.add_argument("--budgets", default="120,300,900", help="training wall seconds per method, comma-separated")
+    parser.add_argument("--budgets", help="training wall seconds per method, comma-separated (default 120,300,900; "
+                                          "one budget with --ablation, default 300)")
+    parser.add_argument("--ablation", choices=sorted(VARIANT_SETS), help="train and score a set of variants instead")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=1000, help="generated samples per metric")
     parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
@@ -190,16 +133,27 @@ def main(argv=None) -> int:
     arguments = parser.parse_args(argv)
     extra = []
     if arguments.quick:
-        arguments.budgets, arguments.seeds, arguments.samples = "2,4", "0", 200
+        arguments.budgets, arguments.seeds, arguments.samples = "2" if arguments.ablation else "2,4", "0", 200
         extra = ["model.options={patch_size: 4, hidden_size: 16, depth: 1, heads: 2}", "train.batch_size=32"]
-    budgets = [float(b) for b in arguments.budgets.split(",")]
+    budgets = [float(b) for b in (arguments.budgets or ("300" if arguments.ablation else "120,300,900")).split(",")]
     seeds = [int(s) for s in arguments.seeds.split(",")]
+    if arguments.ablation:
+        if len(budgets) != 1:
+            parser.error("--ablation takes one budget")
+        stem = arguments.out_dir / (f"ablation-{arguments.ablation}-{arguments.dataset}-"
+                                    f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        arguments.out_dir.mkdir(parents=True, exist_ok=True)
+        results = run_variant_set(arguments.ablation, arguments.dataset, budgets[0], seeds, arguments.samples,
+                                  arguments.speeds, stem, extra)
+        print(f"results: {stem}.json; figure: {results['figure']}\n{results['table']}")
+        return 0
     started = time.perf_counter()
 
     if arguments.speeds:
         speeds = json.loads(arguments.speeds.read_text())["steps_per_s"]
     else:
-        speeds = measure_speeds(arguments.dataset, 30 if arguments.quick else 200, extra)
+        speeds = measure_speeds(arguments.dataset, {m: [*o, *extra] for m, o in METHODS.items()},
+                                30 if arguments.quick else 200)
     steps = {m: {str(b): max(1, int(speeds[m] * b)) for b in budgets} for m in METHODS}
     # Checkpoints at every budget's step (and nothing else kept): the trainer writes every `every` steps.
     every = {m: max(1, min(steps[m].values()) // 4) for m in METHODS}
@@ -213,7 +167,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as root:
         for seed in seeds:
             final = {m: max(targets[m].values()) for m in METHODS}
-            runs = _train_side_by_side(arguments.dataset, Path(root), final, seed, every, extra)
+            jobs = {m: [*overrides, f"train.steps={final[m]}", f"log.checkpoint_every={every[m]}", *extra]
+                    for m, overrides in METHODS.items()}
+            runs = train_together(arguments.dataset, Path(root), jobs, seed)
             results["runs"][str(seed)] = runs
             per_budget = {}
             for budget in map(str, budgets):

@@ -1,6 +1,7 @@
 """bench/quality.py --quick: trains both methods side by side with the trainer, scores every checkpoint of
 interest at every sampler step count, and writes the results JSON (every number, each run's config and
-times, the machine) and its figures. No quality threshold is asserted: the smoke run trains for seconds."""
+times, the machine) and its figures; with --ablation, a variant set's JSON, table and bar figure. No
+quality threshold is asserted: the smoke runs train for seconds."""
 import json
 import subprocess
 import sys
@@ -35,3 +36,23 @@ def test_quick_study_writes_its_results_and_figures(tmp_path):
     for figure in results["figures"].values():
         with Image.open(figure) as image:
             assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_quick_ablation_trains_every_variant_for_the_same_steps_and_draws_the_bars(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--ablation", "particles", "--quick",
+                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (path,) = tmp_path.glob("ablation-particles-digits-*.json")
+    results = json.loads(path.read_text())
+    assert results["mode"] == "steps" and list(results["variants"].values())[0] == "M=4 (preset)"
+    assert len(set(results["steps"].values())) == 1  # the ablations change nothing that costs time
+    assert {"method.particles=1", "method.particles=8"} <= {o for v in results["overrides"].values() for o in v}
+    for job in results["variants"]:
+        scores = results["seeds"]["0"][job]
+        assert set(scores["scores"]["imm"]) == {"1", "2", "4", "8"}
+        assert scores["headline"] == {"imm_1": scores["scores"]["imm"]["1"]["fd"],
+                                      "imm_2": scores["scores"]["imm"]["2"]["fd"]}
+        assert f"train.steps={results['steps'][job]}" in results["runs"]["0"][job]["command"]
+    assert results["table"].count("\n") == 1 + len(results["variants"]) and "M=8" in results["table"]
+    with Image.open(results["figure"]) as image:
+        assert image.format == "PNG" and image.size[0] > 300

@@ -3,6 +3,7 @@ typed from the dataclass fields, and bad keys or values fail with a message nami
 import dataclasses
 
 import pytest
+import torch
 
 from imm_ext.train import (TRAINING_PRESETS, ConfigError, TrainingConfig, apply_overrides, config_from_dict,
                            dump_config, get_preset, load_config, parse_config)
@@ -70,6 +71,7 @@ def test_bad_override_names_the_key(override, message):
     ("train.ema_decay=1", "train.ema_decay"),
     ("method.kind=gan", "method.kind"),
     ("method.k=99", "method"),
+    ("method.weighting=uniform", "method.weighting"),
     ("eval.steps=0", "eval.steps[0]"),
     ("eval.guidance=1.5", "eval.guidance"),  # an unconditional model cannot be guided
     ("log.name=a/b", "log.name"),
@@ -111,3 +113,12 @@ def test_flow_matching_reads_the_network_as_euler_fm():
     assert method.imm_preset().f_type == "euler_fm" and method.imm_preset().schedule == "fm"
     with pytest.raises(ConfigError, match="method.schedule"):
         apply_overrides(get_preset("digits"), ["method.kind=flow_matching", "method.schedule=vp_cosine"]).validate()
+
+
+def test_the_weighting_can_be_switched_off():
+    """method.weighting=none trains with w(s, t) = 1, the first row of the paper's Table 4 ablation."""
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    plain = apply_overrides(get_preset("digits"), ["method.weighting=none"]).validate().method.imm_preset().loss()
+    assert torch.equal(plain.weighting(t), torch.ones_like(t))
+    weighted = get_preset("digits").method.imm_preset().loss()
+    assert not torch.allclose(weighted.weighting(t), torch.ones_like(t))

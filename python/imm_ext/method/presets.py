@@ -35,6 +35,7 @@ class IMMPreset:
     eps_t: float = 0.0
     T: float = 0.994
     delta: float = 0.0  # minimum t - r gap (the fp16 recipe uses 1e-4)
+    weighting: str = "imm"  # w(s, t) of Eq. 13, or "none" (w = 1)
     a: float = 1.0
     b: float = 4.0
     kernel: str = "laplace"
@@ -51,7 +52,7 @@ class IMMPreset:
 
     def loss(self) -> IMMLoss:
         mapping = RMapping(self.schedule, kind=self.mapping, k=self.k, eps_t=self.eps_t, T=self.T, delta=self.delta)
-        weighting = PriorWeighting(self.schedule, a=self.a, b=self.b)
+        weighting = PriorWeighting(self.schedule, kind=self.weighting, a=self.a, b=self.b)
         return IMMLoss(mapping, weighting, particles=self.particles, kernel=self.kernel,
                        label_dropout=self.label_dropout)
 

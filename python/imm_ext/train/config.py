@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..method.flow_matching import FM_SOLVERS, FlowMatchingLoss
 from ..method.presets import IMMPreset
+from ..method.weighting import WEIGHTING_KINDS
 
 METHOD_KINDS = ("imm", "flow_matching")
 OPTIMIZERS = ("adamw", "radam", "adam")
@@ -203,6 +204,7 @@ def _validate(config: TrainingConfig) -> None:
         _fail("data.name", f"must be a dataset name; got {short_repr(data.name)}")
     _choice("method.kind", method.kind, METHOD_KINDS)
     _choice("method.fm_solver", method.fm_solver, FM_SOLVERS)
+    _choice("method.weighting", method.weighting, WEIGHTING_KINDS)
     _check_method(method)
     _choice("optimizer.name", optimizer.name, OPTIMIZERS)
     # Adam-type optimisers move each weight by about lr a step: far below the bound is all that trains,

@@ -1,0 +1,156 @@
+"""Variants of a dataset's preset, trained two at a time with the trainer and scored: the paper's
+ablations and the recipe search behind the tuned presets.
+
+    python bench/quality.py --ablation particles --budgets 300      # M in {1, 2, 4, 8} at batch 128
+    python bench/quality.py --ablation recipe --budgets 300         # the search, both methods
+
+A variant is the preset plus overrides. The ablations (particles, mapping, kernel, weighting) change
+nothing that costs time, so every variant trains for the same number of steps: the preset's measured
+IMM speed times the budget. The recipe search changes the network and the batch, so each variant trains
+for its own measured speed times the budget (equal wall time, run two at a time with one thread each).
+IMM variants are scored at 1, 2, 4 and 8 steps, flow-matching variants with Euler and Heun at 1 to 100
+steps; the table and the bar figure show IMM at 1 and 2 steps and flow matching's best at 50 network
+evaluations (Euler 50 or Heun 25).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+from matplotlib.figure import Figure
+
+from imm_ext.train.plots import save_figure
+from study_runs import measure_speeds, score, train_together
+
+FM = ["method.kind=flow_matching"]
+
+# name -> (equal "steps" or equal "time", {variant: overrides}); the first variant is the preset itself.
+VARIANT_SETS: Dict[str, tuple] = {
+    # Paper: M = 1 (the consistency-model case) trains worse or unstably; M > 1 better.
+    "particles": ("steps", {"M=4 (preset)": [], "M=1": ["method.particles=1"], "M=2": ["method.particles=2"],
+                            "M=8": ["method.particles=8"]}),
+    # r(s, t): a decrement of (T - eps) / 2^k in eta, t or lambda; larger k, a smaller gap t - r.
+    "mapping": ("steps", {"eta k=12 (preset)": [], "eta k=10": ["method.k=10"], "eta k=14": ["method.k=14"],
+                          "t k=12": ["method.mapping=t"], "lambda k=12": ["method.mapping=lambda"]}),
+    # Paper (Table 3): Laplace best, energy distance and RBF worse.
+    "kernel": ("steps", {"laplace (preset)": [], "gaussian": ["method.kernel=gaussian"],
+                         "energy": ["method.kernel=energy"]}),
+    # Paper (Table 4): w(s, t) with a = 1 and a tuned b beats no weighting.
+    "weighting": ("steps", {"a=1 b=5 (preset)": [], "a=2 b=5": ["method.a=2"], "a=1 b=2": ["method.b=2"],
+                            "none": ["method.weighting=none"]}),
+    # The search: both methods at equal wall time over learning rate, EMA, batch and network.
+    "recipe": ("time", {
+        "IMM (preset)": [], "FM (preset)": FM,
+        "IMM lr 2e-3": ["optimizer.lr=2e-3"], "FM lr 2e-3": [*FM, "optimizer.lr=2e-3"],
+        "IMM ema 0.9995": ["train.ema_decay=0.9995"], "FM ema 0.9995": [*FM, "train.ema_decay=0.9995"],
+        "IMM batch 256": ["train.batch_size=256"], "FM batch 256": [*FM, "train.batch_size=256"],
+        "IMM width 96 depth 3": ["model.options.hidden_size=96", "model.options.depth=3"],
+        "FM width 96 depth 3": [*FM, "model.options.hidden_size=96", "model.options.depth=3"],
+        "IMM k=10": ["method.k=10"], "IMM b=3": ["method.b=3"]}),
+}
+
+
+def is_flow_matching(overrides: List[str]) -> bool:
+    return "method.kind=flow_matching" in overrides
+
+
+def headline(scores: dict, flow_matching: bool) -> Dict[str, float]:
+    """The numbers a table shows: IMM FD at 1 and 2 steps, or flow matching's best FD at 50 evaluations."""
+    if flow_matching:
+        return {"fm_best_50_nfe": min(scores["euler"]["50"]["fd"], scores["heun"]["25"]["fd"])}
+    return {"imm_1": scores["imm"]["1"]["fd"], "imm_2": scores["imm"]["2"]["fd"]}
+
+
+def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], samples: int, speeds_file, out_stem: Path,
+                    extra: List[str], parallel: int = 2) -> dict:
+    """Train and score every variant of VARIANT_SETS[name]; write <out_stem>.json and the bar figure."""
+    mode, variants = VARIANT_SETS[name]
+    jobs = {_slug(label): [*overrides, *extra] for label, overrides in variants.items()}
+    labels = {_slug(label): label for label in variants}
+    if speeds_file:
+        speeds = json.loads(Path(speeds_file).read_text())["steps_per_s"]
+    else:
+        timed = jobs if mode == "time" else dict([next(iter(jobs.items()))])
+        speeds = {}
+        for chunk in _chunks(list(timed), parallel):
+            speeds.update(measure_speeds(dataset, {job: timed[job] for job in chunk}, 30 if samples < 500 else 200))
+    base_speed = speeds[next(iter(jobs))]
+    steps = {job: max(1, int((speeds[job] if mode == "time" else base_speed) * budget)) for job in jobs}
+    results = {"set": name, "dataset": dataset, "mode": mode, "budget_s": budget, "steps_per_s": speeds,
+               "steps": steps, "samples": samples, "variants": {job: labels[job] for job in jobs},
+               "overrides": jobs, "seeds": {}, "runs": {}}
+    with tempfile.TemporaryDirectory() as root:
+        for seed in seeds:
+            results["seeds"][str(seed)], results["runs"][str(seed)] = {}, {}
+            for chunk in _chunks(list(jobs), parallel):
+                runs = train_together(dataset, Path(root), {job: [*jobs[job], f"train.steps={steps[job]}",
+                                                                  f"log.checkpoint_every={steps[job]}"]
+                                                            for job in chunk}, seed)
+                for job, run in runs.items():
+                    checkpoint = Path(run["run_dir"]) / "checkpoints" / f"step-{steps[job]:08d}.pt"
+                    method = "flow_matching" if is_flow_matching(jobs[job]) else "imm"
+                    scores = score(checkpoint, method, samples)
+                    results["seeds"][str(seed)][job] = {"scores": scores,
+                                                        "headline": headline(scores, method == "flow_matching")}
+                    results["runs"][str(seed)][job] = run
+    results["table"] = table(results)
+    results["figure"] = str(figure(results, Path(f"{out_stem}.png")))
+    Path(f"{out_stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def mean_headline(results: dict, job: str) -> Dict[str, float]:
+    per_seed = [seed[job]["headline"] for seed in results["seeds"].values()]
+    return {key: sum(values[key] for values in per_seed) / len(per_seed) for key in per_seed[0]}
+
+
+def table(results: dict) -> str:
+    """A markdown table: one row per variant, the mean FD over seeds (and the spread with several)."""
+    rows = ["| variant | steps | IMM FD 1 step | IMM FD 2 steps | FM FD best at 50 NFE |", "|---|---|---|---|---|"]
+    for job, label in results["variants"].items():
+        per_seed = [seed[job]["headline"] for seed in results["seeds"].values()]
+        cells = []
+        for key in ("imm_1", "imm_2", "fm_best_50_nfe"):
+            values = [values[key] for values in per_seed if key in values]
+            if not values:
+                cells.append("-")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.2f}")
+            else:
+                mean = sum(values) / len(values)
+                cells.append(f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})")
+        rows.append(f"| {label} | {results['steps'][job]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def figure(results: dict, path: Path) -> Path:
+    """Bars: each variant's mean FD (IMM at 1 and 2 steps, flow matching's best at 50 evaluations)."""
+    jobs = list(results["variants"])
+    figure_ = Figure(figsize=(max(5.0, 0.9 * len(jobs) + 2), 4.0), dpi=100)
+    axes = figure_.add_subplot()
+    series = (("imm_1", "IMM 1 step", "tab:blue"), ("imm_2", "IMM 2 steps", "tab:cyan"),
+              ("fm_best_50_nfe", "FM best at 50 NFE", "tab:orange"))
+    means = [mean_headline(results, job) for job in jobs]
+    shown = [entry for entry in series if any(entry[0] in values for values in means)]
+    width = 0.8 / len(shown)
+    for offset, (key, label, colour) in enumerate(shown):
+        bars = [(position + (offset - (len(shown) - 1) / 2) * width, values[key])
+                for position, values in enumerate(means) if key in values]
+        axes.bar([x for x, _ in bars], [y for _, y in bars], width, label=label, color=colour)
+    axes.set_xticks(range(len(jobs)), [results["variants"][job] for job in jobs], rotation=30, ha="right",
+                    fontsize=8)
+    axes.set_ylabel("FD (lower is better)")
+    unit = f"{results['budget_s']:g} s each" if results["mode"] == "time" else f"{results['steps'][jobs[0]]} steps each"
+    axes.set_title(f"{results['dataset']}, {results['set']}: {unit}, {len(results['seeds'])} seed(s)", fontsize=10)
+    axes.legend(fontsize=8, frameon=False)
+    return save_figure(figure_, path)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
+
+
+def _chunks(items: list, size: int) -> List[list]:
+    return [items[index:index + size] for index in range(0, len(items), size)]

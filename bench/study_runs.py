@@ -1,0 +1,74 @@
+"""Training runs and their scores, shared by the equal-time study (quality.py) and the variant sets
+(ablation.py): `imm-ext train` jobs side by side, their measured speeds, and the scores of a checkpoint
+at every sampler step count."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List
+
+from imm_ext.train.evaluation import Metrics, evaluate_steps, load_trained_model, real_samples
+
+IMM_STEPS = (1, 2, 4, 8)
+FM_STEPS = (1, 2, 4, 8, 16, 25, 32, 50, 100)
+METHODS = {"imm": [], "flow_matching": ["method.kind=flow_matching"]}
+QUIET = ["log.progress=false", "log.tensorboard=false", "log.sample_every=0", "eval.steps=1", "eval.num_samples=64"]
+
+
+def train_together(dataset: str, root: Path, jobs: Dict[str, List[str]], seed: int) -> Dict[str, dict]:
+    """`imm-ext train --preset dataset` for every job at once (its overrides after the preset), one thread
+    each, in root/<job>-<seed>; each job's command, wall and CPU seconds and run directory."""
+    runs = {}
+    for name, overrides in jobs.items():
+        command = [sys.executable, "-m", "imm_ext.cli", "train", "--preset", dataset, "--name", f"{name}-{seed}",
+                   f"log.root={root}", f"train.seed={seed}", "train.threads=1", "log.keep_checkpoints=100000",
+                   *QUIET, *overrides]
+        runs[name] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"}), time.perf_counter(), command)
+    report = {}
+    for name, (process, started, command) in runs.items():
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        error = process.stderr.read()
+        if status != 0:
+            raise RuntimeError(f"{name} training failed:\n{error[-3000:]}")
+        report[name] = {"command": command[1:], "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                        "run_dir": str(root / f"{name}-{seed}")}
+    return report
+
+
+def measure_speeds(dataset: str, jobs: Dict[str, List[str]], steps: int) -> Dict[str, float]:
+    """Training steps per second of each job, all running at once, from their own logs."""
+    with tempfile.TemporaryDirectory() as root:
+        timing = [f"train.steps={steps}", f"log.checkpoint_every={steps}", "log.log_every=1"]
+        train_together(dataset, Path(root), {name: [*overrides, *timing] for name, overrides in jobs.items()}, 0)
+        speeds = {}
+        for name in jobs:
+            log = [json.loads(line) for line in (Path(root) / f"{name}-0" / "log.jsonl").read_text().splitlines()]
+            # skip the first steps (start-up, first allocations): the rate over the second half
+            half = log[len(log) // 2]
+            speeds[name] = (log[-1]["step"] - half["step"]) / (log[-1]["elapsed_s"] - half["elapsed_s"])
+        return speeds
+
+
+def score(checkpoint: Path, method: str, samples: int) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{sampler: {steps: metrics}} of one checkpoint, EMA weights."""
+    model, config, info, _ = load_trained_model(checkpoint, use_ema=True)
+    config = replace(config, eval=replace(config.eval, num_samples=samples))  # as many real samples as generated
+    metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=config.eval.seed)
+    samplers = {"imm": (config.method, IMM_STEPS)} if method == "imm" else {
+        solver: (replace(config.method, fm_solver=solver), FM_STEPS) for solver in ("euler", "heun")}
+    return {name: {str(k): {**v, "real_samples": len(metrics.real)}
+                   for k, v in evaluate_steps(model, sampler_config, info, metrics, steps, samples,
+                                              seed=config.eval.seed, batch_size=500).items()}
+            for name, (sampler_config, steps) in samplers.items()}
+
+
+def network_evaluations(sampler: str, steps: int) -> int:
+    return 2 * steps if sampler == "heun" else steps
