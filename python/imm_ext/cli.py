@@ -4,6 +4,7 @@
     imm-ext sample --ckpt PATH [--steps 1,2,4,8] [--n 64] [--guidance W] [--out grid.png|samples.npz]
                    [--seed S] [--no-ema]
     imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema]
+    imm-ext prepare SOURCE OUT.zip [--split train|test] [--resolution R] [--crop adm|center] [--channels 1|3]
     imm-ext presets
     imm-ext doctor [--json] [--no-speed]
 
@@ -76,6 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=None)
     evaluate.add_argument("--no-ema", action="store_true")
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: next to the checkpoint's run)")
+
+    prepare = commands.add_parser("prepare", help="images (CIFAR-10 archive, image folder, zip) into a training zip")
+    prepare.add_argument("source", type=Path, help="cifar-10-{binary,python}.tar.gz (or extracted), a folder or a zip")
+    prepare.add_argument("out", type=Path, help="the zip to write (EDM layout: PNGs and dataset.json)")
+    prepare.add_argument("--split", default="train", help="CIFAR-10's train (50000) or test (10000) images")
+    prepare.add_argument("--resolution", type=_positive_int, default=None, help="crop to a square and resize")
+    prepare.add_argument("--crop", choices=["adm", "center"], default="adm",
+                         help="adm: box-halve, bicubic, centre (the ADM ImageNet crop); center: centre, Lanczos")
+    prepare.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    prepare.add_argument("--limit", type=_positive_int, default=None, help="the first N images only")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("presets", help="list the training presets")
     doctor = commands.add_parser("doctor", help="build info, devices, and every op checked on every backend")
@@ -186,6 +198,18 @@ def _evaluate(arguments) -> int:
     return 0
 
 
+def _prepare(arguments) -> int:
+    from .data.prepare import prepare_dataset
+
+    summary = prepare_dataset(arguments.source, arguments.out, split=arguments.split, resolution=arguments.resolution,
+                              crop=arguments.crop, channels=arguments.channels, limit=arguments.limit,
+                              show_progress=not arguments.quiet)
+    classes = f", {len(summary['class_names'])} classes" if summary["class_names"] else ""
+    print(f"{summary['images']} images {'x'.join(map(str, summary['shape']))}"
+          f"{' with labels' if summary['labelled'] else ''}{classes}: {summary['out']} (sha256 {summary['sha256']})")
+    return 0
+
+
 def _presets() -> int:
     for name in sorted(TRAINING_PRESETS):
         preset = TRAINING_PRESETS[name]
@@ -213,11 +237,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = [item for item in extra if item not in arguments.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "presets": lambda _: _presets(),
-                "doctor": _doctor}
+    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "prepare": _prepare,
+                "presets": lambda _: _presets(), "doctor": _doctor}
     try:
         return handlers[arguments.command](arguments)
-    except (ConfigError, CheckpointError, ValueError, TypeError) as error:
+    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"imm-ext {arguments.command}: error: {error}", file=sys.stderr)
         return 2
     except (TrainingDiverged, PeerFailure) as error:

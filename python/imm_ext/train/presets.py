@@ -5,8 +5,8 @@
   `imm-ext train` job, sized to learn visibly within about 8 minutes on a 2-core CPU.
 - "fashion-mnist": 28x28 Fashion-MNIST with a small DiT (patch 2 after padding to 32x32); wants a GPU.
 - "cifar10": the paper's Table 5 column for CIFAR-10 (DDPM++ UNet 55M, RAdam 1e-4, B = 4096, M = 4,
-  400K iterations, EMA 0.9999, x-flip, dropout 0.2, Simple-EDM on OT-FM with k = 15), reading an image
-  folder, EDM-style zip or array file given by data.path.
+  400K iterations, EMA 0.9999, x-flip, dropout 0.2, Simple-EDM on OT-FM with k = 15), reading the zip
+  that `imm-ext prepare cifar-10-python.tar.gz cifar10.zip` writes (data.path).
 - "imagenet256-latent" and "imagenet256-latent-S|B|L|XL": Table 5's ImageNet-256 columns on pre-encoded
   SD-VAE latents (4x32x32, data.path): DiT-S/2 ... XL/2, AdamW 1e-4, B = 4096, M = 4, 1.2M iterations,
   label dropout 0.1, guidance 1.5 (the unsuffixed name is XL/2); "imagenet256-latent-XL-fp16" is the
@@ -65,7 +65,7 @@ def _fashion_mnist() -> TrainingConfig:
 def _cifar10() -> TrainingConfig:
     return TrainingConfig(
         preset="cifar10",
-        data=DataConfig(name="folder", eval_split="train", hflip=True),
+        data=DataConfig(name="zip", eval_split="train", hflip=True),  # `imm-ext prepare cifar-10-*.tar.gz`
         model=ModelConfig(kind="unet", options={"model_channels": 128, "channel_mult": [2, 2, 2],
                                                 "channel_mult_emb": 4, "num_blocks": 4,
                                                 "attn_resolutions": [16], "dropout": 0.2}),
