@@ -3,7 +3,8 @@
     imm-ext train [--preset NAME] [--config FILE.yaml] [--resume auto|PATH] [--name RUN] [key=value ...]
     imm-ext sample --ckpt PATH [--steps 1,2,4,8] [--n 64] [--guidance W] [--out grid.png|samples.npz]
                    [--seed S] [--no-ema]
-    imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema]
+    imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema] [--fid --ref REF.npz]
+    imm-ext fid-ref SOURCE REF.npz              # Inception statistics of a zip, folder or image array
     imm-ext prepare SOURCE OUT.zip [--split train|test] [--resolution R] [--crop adm|center] [--channels 1|3]
     imm-ext presets
     imm-ext doctor [--json] [--no-speed]
@@ -77,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=None)
     evaluate.add_argument("--no-ema", action="store_true")
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: next to the checkpoint's run)")
+    evaluate.add_argument("--fid", action="store_true", help="standard FID against --ref (needs imm_ext[fid])")
+    evaluate.add_argument("--ref", type=Path, help="reference statistics .npz (imm-ext fid-ref, or a published one)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="samples per batch")
+
+    fid_ref = commands.add_parser("fid-ref", help="Inception reference statistics (mu, sigma) of a set of images")
+    fid_ref.add_argument("source", type=Path, help="a prepared zip, an image folder, or an .npz/.npy of images")
+    fid_ref.add_argument("out", type=Path, help="the .npz to write (EDM layout: mu, sigma)")
+    fid_ref.add_argument("--batch-size", type=_positive_int, default=100)
+    fid_ref.add_argument("--limit", type=_positive_int, default=None, help="the first N images only")
 
     prepare = commands.add_parser("prepare", help="images (CIFAR-10 archive, image folder, zip) into a training zip")
     prepare.add_argument("source", type=Path, help="cifar-10-{binary,python}.tar.gz (or extracted), a folder or a zip")
@@ -184,17 +194,75 @@ def _evaluate(arguments) -> int:
     steps_list = arguments.steps or list(config.eval.steps)
     count = arguments.n or config.eval.num_samples
     seed = config.eval.seed if arguments.seed is None else arguments.seed
+    batch_size = arguments.batch_size or config.eval.batch_size
+    if arguments.fid or arguments.ref:
+        return _standard_fid(arguments, model, config, info, step, steps_list, count, seed, batch_size)
     metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=seed)
     if not metrics.available:
         raise ValueError(f"no metric is available for the data {info.name!r} {info.sample_shape} (image metrics need "
                          f"a feature network: eval.feature_net)")
     results = evaluate_steps(model, config.method, info, metrics, steps_list, count, seed=seed,
-                             batch_size=config.eval.batch_size, guidance=arguments.guidance)
+                             batch_size=batch_size, guidance=arguments.guidance)
     print(metrics_table(results))
     out = arguments.out or arguments.ckpt.parent.parent / f"eval-step-{step:08d}.json"
     write_metrics(results, out, {"checkpoint": str(arguments.ckpt), "step": step, "ema": not arguments.no_ema,
                                  "num_samples": count})
     print(f"metrics: {out}")
+    return 0
+
+
+def _standard_fid(arguments, model, config, info, step, steps_list, count, seed, batch_size) -> int:
+    """FID of `count` samples per step count against the reference statistics, batch by batch."""
+    import json
+
+    from .eval.fid_reference import fid_from_statistics, inception_statistics, load_reference
+    from .eval.inception import load_inception
+    from .train.evaluation import generate_batches
+
+    if not (arguments.fid and arguments.ref):
+        raise ValueError("--fid and --ref go together: FID against the reference statistics in REF.npz")
+    if len(info.sample_shape) != 3 or info.sample_shape[0] not in (1, 3):
+        raise ValueError(f"--fid needs image samples (1 or 3 channels); this model makes {info.sample_shape}")
+    reference = load_reference(arguments.ref)
+    inception = load_inception(next(model.parameters()).device)
+    results = {}
+    for steps in steps_list:
+        batches = (samples for samples, _ in generate_batches(model, config.method, info, steps, count, seed=seed,
+                                                              batch_size=batch_size, guidance=arguments.guidance))
+        mu, sigma, _ = inception_statistics(batches, inception)
+        results[str(steps)] = fid_from_statistics(mu, sigma, *reference, source=str(arguments.ref))
+        print(f"{steps} step{'s' if steps > 1 else ''}: FID {results[str(steps)]:.3f} ({count} samples, seed {seed})")
+    out = arguments.out or arguments.ckpt.parent.parent / f"fid-step-{step:08d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"fid_by_steps": results, "checkpoint": str(arguments.ckpt), "step": step,
+                               "reference": str(arguments.ref), "num_samples": count, "seed": seed,
+                               "ema": not arguments.no_ema, "guidance": arguments.guidance}, indent=2) + "\n")
+    print(f"FID: {out}")
+    return 0
+
+
+def _fid_reference(arguments) -> int:
+    import torch
+
+    from .data import load_dataset
+    from .eval.fid_reference import inception_statistics, save_reference
+    from .eval.inception import load_inception
+
+    source = arguments.source
+    kind = "folder" if source.is_dir() else "zip" if source.suffix == ".zip" else source.suffix.lstrip(".")
+    if kind not in ("folder", "zip", "npz", "npy"):
+        raise ValueError(f"source must be a zip, an image folder, or an .npz/.npy of images; got {str(source)!r}")
+    dataset = load_dataset(kind, path=source)
+    total = min(len(dataset), arguments.limit or len(dataset))
+
+    def batches():
+        for start in range(0, total, arguments.batch_size):
+            yield torch.stack([dataset[index][0] for index in range(start, min(start + arguments.batch_size, total))])
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mu, sigma, count = inception_statistics(batches(), load_inception(device))
+    save_reference(arguments.out, mu, sigma, count=count)
+    print(f"reference statistics of {count} images: {arguments.out}")
     return 0
 
 
@@ -237,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = [item for item in extra if item not in arguments.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "prepare": _prepare,
+    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "prepare": _prepare, "fid-ref": _fid_reference,
                 "presets": lambda _: _presets(), "doctor": _doctor}
     try:
         return handlers[arguments.command](arguments)

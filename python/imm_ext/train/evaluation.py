@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,23 +28,32 @@ def sample_labels(info: DataInfo, count: int, generator: torch.Generator) -> Opt
 
 
 @torch.no_grad()
-def generate(model: IMMParametrization, method: MethodConfig, info: DataInfo, steps: int, count: int, *,
-             seed: int = 0, batch_size: int = 500, guidance: Optional[float] = None,
-             labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """`count` float32 CPU samples with `steps` sampler steps, drawn in batches; the same seed gives the
-    same noise at every step count. Conditional models get `labels` or uniform random ones."""
+def generate_batches(model: IMMParametrization, method: MethodConfig, info: DataInfo, steps: int, count: int, *,
+                     seed: int = 0, batch_size: int = 500, guidance: Optional[float] = None,
+                     labels: Optional[torch.Tensor] = None) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """`count` samples with `steps` sampler steps as batches (float32 on the model's device, and their
+    labels); the same seed gives the same noise at every step count. Conditional models get `labels` or
+    uniform random ones."""
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         labels = sample_labels(info, count, generator)
     sampler = build_sampler(method, model, steps, guidance)
     device = next(model.parameters()).device
-    chunks = []
     for start in range(0, count, batch_size):
         size = min(batch_size, count - start)
         chunk_labels = None if labels is None else labels[start:start + size]
         samples = sampler.sample((size, *info.sample_shape), labels=chunk_labels, generator=generator, device=device)
-        chunks.append(samples.float().cpu())
-    return torch.cat(chunks), labels
+        yield samples.float(), chunk_labels
+
+
+def generate(model: IMMParametrization, method: MethodConfig, info: DataInfo, steps: int, count: int, *,
+             seed: int = 0, batch_size: int = 500, guidance: Optional[float] = None,
+             labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`count` float32 CPU samples (see generate_batches) and their labels."""
+    batches = list(generate_batches(model, method, info, steps, count, seed=seed, batch_size=batch_size,
+                                    guidance=guidance, labels=labels))
+    samples = torch.cat([samples.cpu() for samples, _ in batches])
+    return samples, None if batches[0][1] is None else torch.cat([labels for _, labels in batches])
 
 
 def save_samples_picture(samples: torch.Tensor, path: Path, reference: Optional[torch.Tensor] = None) -> Path:
