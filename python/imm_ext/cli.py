@@ -4,6 +4,7 @@
     imm-ext sample --ckpt PATH [--steps 1,2,4,8] [--n 64] [--guidance W] [--out grid.png|samples.npz]
                    [--seed S] [--no-ema]
     imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema] [--fid --ref REF.npz]
+    imm-ext encode SOURCE OUT.npz --vae DIR_OR_HUB_ID   # images to SD-VAE latents, resumable
     imm-ext fid-ref SOURCE REF.npz              # Inception statistics of a zip, folder or image array
     imm-ext prepare SOURCE OUT.zip [--split train|test] [--resolution R] [--crop adm|center] [--channels 1|3]
     imm-ext presets
@@ -20,6 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+import torch
 
 from .train.checkpoint import CheckpointError, load_checkpoint, resolve_resume
 from .train.config import ConfigError, TrainingConfig
@@ -69,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     sample.add_argument("--batch-size", type=_positive_int, default=500)
+    sample.add_argument("--latents", action="store_true", help="a latent model: keep the raw latents, do not decode")
 
     evaluate = commands.add_parser("eval", help="metrics of a checkpoint's samples at several step counts")
     evaluate.add_argument("--ckpt", required=True, type=Path)
@@ -81,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fid", action="store_true", help="standard FID against --ref (needs imm_ext[fid])")
     evaluate.add_argument("--ref", type=Path, help="reference statistics .npz (imm-ext fid-ref, or a published one)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="samples per batch")
+
+    encode = commands.add_parser("encode", help="images to SD-VAE latents (posterior mean and std) for training")
+    encode.add_argument("source", type=Path, help="a prepared zip, an image folder, or an .npz/.npy of images")
+    encode.add_argument("out", type=Path, help="the .npz to write (resumable: an interrupted encode continues)")
+    encode.add_argument("--vae", required=True, help="a local directory or a hub id, e.g. stabilityai/sd-vae-ft-ema")
+    encode.add_argument("--batch-size", type=_positive_int, default=64)
+    encode.add_argument("--quiet", action="store_true", help="no progress bar")
 
     fid_ref = commands.add_parser("fid-ref", help="Inception reference statistics (mu, sigma) of a set of images")
     fid_ref.add_argument("source", type=Path, help="a prepared zip, an image folder, or an .npz/.npy of images")
@@ -117,7 +128,26 @@ def training_config(preset: Optional[str], config_file: Optional[Path], override
         config = load_config(config_file, base=config)
     if name is not None:
         config = apply_overrides(config, [f"log.name={name}"])
-    return apply_overrides(config, overrides).validate()
+    return _with_encoded_latents(apply_overrides(config, overrides)).validate()
+
+
+def _with_encoded_latents(config: TrainingConfig) -> TrainingConfig:
+    """Latents written by `imm-ext encode` carry a JSON beside them: its VAE becomes data.vae and its
+    stored form data.options.stored, unless the configuration sets them."""
+    import json
+    from dataclasses import replace
+
+    data = config.data
+    record = Path(data.path).with_suffix(".json") if data.name == "latents" and data.path else None
+    if record is None or not record.is_file():
+        return config
+    try:
+        written = json.loads(record.read_text())
+    except ValueError as error:
+        raise ConfigError(f"data.path: {str(record)!r} beside the latents is not valid JSON ({error})") from None
+    options = dict(data.options)
+    options.setdefault("stored", written.get("stored", "latents"))
+    return replace(config, data=replace(data, vae=data.vae or written.get("vae"), options=options))
 
 
 def _resume_base(arguments) -> Optional[TrainingConfig]:
@@ -155,6 +185,21 @@ def _train(arguments) -> int:
 # ---------------------------------------------------------------------------------------------
 # sample / eval
 
+def _decoder(config: TrainingConfig, device):
+    """Latents -> images with the run's VAE (data.vae), or None for a model that makes images."""
+    if config.data.name != "latents" or config.data.vae is None:
+        return None
+    from .data.vae import decode_latents, load_vae
+
+    vae = load_vae(config.data.vae, device)
+    return lambda latents: decode_latents(latents, vae, config.data.options)
+
+
+def _as_uint8_images(samples):
+    """Images in [-1, 1] (N, C, H, W) as uint8 (N, H, W, C), rounded as saving them as PNG would."""
+    return ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def _sample(arguments) -> int:
     import numpy as np
 
@@ -165,13 +210,16 @@ def _sample(arguments) -> int:
     suffix = arguments.out.suffix.lower()
     if suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz; got {str(arguments.out)!r}")
+    decoder = None if arguments.latents else _decoder(config, next(model.parameters()).device)
     labels = grid_labels(info, arguments.n) if suffix == ".png" else None
     arrays = {}
     for steps in steps_list:
         samples, used_labels = generate(model, config.method, info, steps, arguments.n, seed=arguments.seed,
                                         batch_size=arguments.batch_size, guidance=arguments.guidance, labels=labels)
+        if decoder is not None:
+            samples = torch.cat([decoder(chunk) for chunk in samples.split(arguments.batch_size)])
         if suffix == ".npz":
-            arrays[f"samples_{steps}step"] = samples.numpy()
+            arrays[f"samples_{steps}step"] = _as_uint8_images(samples) if decoder is not None else samples.numpy()
             if used_labels is not None:
                 arrays[f"labels_{steps}step"] = used_labels.numpy()
             continue
@@ -221,14 +269,19 @@ def _standard_fid(arguments, model, config, info, step, steps_list, count, seed,
 
     if not (arguments.fid and arguments.ref):
         raise ValueError("--fid and --ref go together: FID against the reference statistics in REF.npz")
-    if len(info.sample_shape) != 3 or info.sample_shape[0] not in (1, 3):
+    if config.data.name == "latents" and config.data.vae is None:
+        raise ValueError("--fid on a latent model needs its VAE: the run's data.vae is not set (imm-ext encode "
+                         "records it; or train with data.vae=DIR_OR_HUB_ID)")
+    if config.data.name != "latents" and (len(info.sample_shape) != 3 or info.sample_shape[0] not in (1, 3)):
         raise ValueError(f"--fid needs image samples (1 or 3 channels); this model makes {info.sample_shape}")
     reference = load_reference(arguments.ref)
-    inception = load_inception(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    inception, decoder = load_inception(device), _decoder(config, device)
     results = {}
     for steps in steps_list:
-        batches = (samples for samples, _ in generate_batches(model, config.method, info, steps, count, seed=seed,
-                                                              batch_size=batch_size, guidance=arguments.guidance))
+        batches = (samples if decoder is None else decoder(samples)
+                   for samples, _ in generate_batches(model, config.method, info, steps, count, seed=seed,
+                                                      batch_size=batch_size, guidance=arguments.guidance))
         mu, sigma, _ = inception_statistics(batches, inception)
         results[str(steps)] = fid_from_statistics(mu, sigma, *reference, source=str(arguments.ref))
         print(f"{steps} step{'s' if steps > 1 else ''}: FID {results[str(steps)]:.3f} ({count} samples, seed {seed})")
@@ -241,18 +294,36 @@ def _standard_fid(arguments, model, config, info, step, steps_list, count, seed,
     return 0
 
 
-def _fid_reference(arguments) -> int:
-    import torch
-
+def _image_dataset(source: Path):
+    """The images at `source`: a zip, an image folder, or an .npz/.npy array."""
     from .data import load_dataset
-    from .eval.fid_reference import inception_statistics, save_reference
-    from .eval.inception import load_inception
 
-    source = arguments.source
     kind = "folder" if source.is_dir() else "zip" if source.suffix == ".zip" else source.suffix.lstrip(".")
     if kind not in ("folder", "zip", "npz", "npy"):
         raise ValueError(f"source must be a zip, an image folder, or an .npz/.npy of images; got {str(source)!r}")
-    dataset = load_dataset(kind, path=source)
+    return load_dataset(kind, path=source)
+
+
+def _encode(arguments) -> int:
+    from .data.vae import encode_dataset, load_vae
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    summary = encode_dataset(_image_dataset(arguments.source), arguments.out, load_vae(arguments.vae, device),
+                             batch_size=arguments.batch_size, vae_name=arguments.vae, source=str(arguments.source),
+                             show_progress=not arguments.quiet)
+    channels, height, width = summary["shape"][1:]
+    print(f"{summary['images']} images -> latents {channels // 2}x{height}x{width} (posterior mean and std): "
+          f"{arguments.out}; train with data.path={arguments.out}")
+    return 0
+
+
+def _fid_reference(arguments) -> int:
+    import torch
+
+    from .eval.fid_reference import inception_statistics, save_reference
+    from .eval.inception import load_inception
+
+    dataset = _image_dataset(arguments.source)
     total = min(len(dataset), arguments.limit or len(dataset))
 
     def batches():
@@ -305,11 +376,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = [item for item in extra if item not in arguments.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "prepare": _prepare, "fid-ref": _fid_reference,
-                "presets": lambda _: _presets(), "doctor": _doctor}
+    handlers = {"train": _train, "sample": _sample, "eval": _evaluate, "prepare": _prepare, "encode": _encode,
+                "fid-ref": _fid_reference, "presets": lambda _: _presets(), "doctor": _doctor}
     try:
         return handlers[arguments.command](arguments)
-    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError) as error:
+    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError, ImportError) as error:
         print(f"imm-ext {arguments.command}: error: {error}", file=sys.stderr)
         return 2
     except (TrainingDiverged, PeerFailure) as error:

@@ -48,6 +48,7 @@ class DataConfig:
     conditional: bool = False  # feed labels to the network (needs a labelled dataset)
     hflip: bool = False
     options: Dict[str, Any] = field(default_factory=dict)
+    vae: Optional[str] = None  # latents: the VAE that decodes samples to images (a directory or a hub id)
 
 
 @dataclass(frozen=True)

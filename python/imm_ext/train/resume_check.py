@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Tuple
 from .config import ConfigError, TrainingConfig, short_repr
 from .config_io import config_to_dict
 
-FREE = ("preset", "log.", "eval.", "train.steps", "train.threads", "train.dist_timeout_s", "train.max_nonfinite")
+FREE = ("preset", "log.", "eval.", "train.steps", "train.threads", "train.dist_timeout_s", "train.max_nonfinite",
+        "data.vae")
 NOTED = ("optimizer.lr", "optimizer.warmup_steps", "optimizer.grad_clip", "train.device", "train.micro_batch")
 
 
