@@ -16,7 +16,7 @@ from imm_ext.cli import main
 from imm_ext.data import ImageZipDataset
 from imm_ext.data.cifar10 import CLASS_NAMES, read_cifar10
 from imm_ext.data.prepare import adm_center_crop, prepare_dataset
-from imm_ext.data.restricted_pickle import UnsafePickleError
+from imm_ext.restricted_pickle import UnsafePickleError
 
 BATCH = 3  # images per official batch file in these tiny archives
 

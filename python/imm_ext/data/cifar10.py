@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .restricted_pickle import numpy_array_globals, restricted_loads
+from ..restricted_pickle import numpy_array_globals, restricted_loads
 
 SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 RECORD = 1 + 3 * 32 * 32

@@ -182,8 +182,22 @@ def real_samples(config: TrainingConfig, info: DataInfo) -> torch.Tensor:
 
 def load_trained_model(path: Path, use_ema: bool = True):
     """(model f_{s,t} on the best device, its TrainingConfig, DataInfo, step) from a training checkpoint,
-    with the EMA weights (use_ema) or the raw ones."""
-    state = load_checkpoint(path)
+    with the EMA weights (use_ema) or the raw ones; or from an authors' released network (.pkl, or a .pt
+    that is not an imm_ext checkpoint), which holds the EMA weights only."""
+    from ..restricted_pickle import UnsafePickleError
+    from .released_model import load_released_model
+
+    if Path(path).suffix == ".pkl":
+        return load_released_model(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as error:
+        try:
+            return load_released_model(path)
+        except UnsafePickleError:
+            raise
+        except (ValueError, TypeError):
+            raise error from None
     config = parse_config(state["config"], source=f"the config in {path}")
     try:
         info = DataInfo.from_dict(state["data_info"])

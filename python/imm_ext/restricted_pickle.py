@@ -1,13 +1,13 @@
 """Unpickling that runs nothing from the file: only the globals named in an allowlist are resolved,
 so a pickle can rebuild plain containers and the types the caller admits, and anything else (a class
 that executes code when it is constructed, `os.system`, `builtins.eval`) is refused with an error that
-names it. Persistent ids (how torch.save refers to storages) are refused unless the caller handles
-them."""
+names it. Persistent ids (how torch.save refers to storages) are refused unless the caller sets
+`persistent_load` (torch.load does, with its own storage reader)."""
 from __future__ import annotations
 
 import io
 import pickle
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 
 class UnsafePickleError(ValueError):
@@ -17,22 +17,15 @@ class UnsafePickleError(ValueError):
 class RestrictedUnpickler(pickle.Unpickler):
     """`pickle.Unpickler` whose find_class resolves only `allowed[(module, name)]`."""
 
-    def __init__(self, file, allowed: Dict[Tuple[str, str], Any], *, source: str,
-                 persistent_load: Optional[Callable[[Any], Any]] = None, encoding: str = "ASCII"):
+    def __init__(self, file, allowed: Dict[Tuple[str, str], Any], *, source: str, encoding: str = "ASCII"):
         super().__init__(file, encoding=encoding)
-        self.allowed, self.source, self._persistent = allowed, source, persistent_load
+        self.allowed, self.source = allowed, source
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.allowed:
             raise UnsafePickleError(f"{self.source} refers to {module}.{name}, which is not allowed here (a pickle may "
                                     f"run code through the globals it names; only plain data is read)")
         return self.allowed[(module, name)]
-
-    def persistent_load(self, pid):
-        if self._persistent is None:
-            raise UnsafePickleError(f"{self.source} holds a persistent reference ({str(pid)[:60]}), which is not "
-                                    f"allowed here")
-        return self._persistent(pid)
 
 
 def restricted_loads(data: bytes, allowed: Dict[Tuple[str, str], Any], *, source: str,
