@@ -44,7 +44,6 @@ VARIANT_SETS: Dict[str, tuple] = {
     "recipe": ("time", {
         "IMM (preset)": [], "FM (preset)": FM,
         "IMM lr 2e-3": ["optimizer.lr=2e-3"], "FM lr 2e-3": [*FM, "optimizer.lr=2e-3"],
-        "IMM ema 0.9995": ["train.ema_decay=0.9995"], "FM ema 0.9995": [*FM, "train.ema_decay=0.9995"],
         "IMM batch 256": ["train.batch_size=256"], "FM batch 256": [*FM, "train.batch_size=256"],
         "IMM width 96 depth 3": ["model.options.hidden_size=96", "model.options.depth=3"],
         "FM width 96 depth 3": [*FM, "model.options.hidden_size=96", "model.options.depth=3"],

@@ -2,15 +2,8 @@
 
 The authors ship pickles of their `IMMPrecond` wrapper around a DiT (ImageNet-256,
 `imagenet256_ts_a2.pkl`, `imagenet256_s_a1.pkl`) or EDM's SongUNet in the DDPM++ configuration with an
-s-embedding (CIFAR-10, `cifar10.pt`). Unpickling them needs their code, so export a plain state dict
-once, in their environment (a checkout of their repository, with their `torch_utils` importable):
-
-    import pickle, torch
-    with open("imagenet256_ts_a2.pkl", "rb") as f:          # or cifar10.pt
-        net = pickle.load(f)["ema"]                          # the EMA weights their generate_images.py uses
-    torch.save(net.state_dict(), "imm_imagenet256_ts_a2_state.pt")
-
-then, with imm_ext only:
+s-embedding (CIFAR-10, `cifar10.pt`). `released.load_released` reads those files directly and comes
+here with their state dict; a state dict exported in their environment loads the same way:
 
     model = imm_ext.models.DiT.from_preset("XL/2", input_size=32, in_channels=4, num_classes=1000)
     imm_ext.models.load_authors_state_dict(model, torch.load("imm_imagenet256_ts_a2_state.pt"))
