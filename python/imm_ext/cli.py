@@ -1,19 +1,20 @@
-"""The `imm-ext` command: train, sample and evaluate IMM models.
+"""The `imm-ext` command: prepare data, train, sample and evaluate IMM models.
 
+    imm-ext prepare SOURCE OUT.zip [--split train|test] [--resolution R] [--crop adm|center] [--channels 1|3]
+    imm-ext encode SOURCE OUT.npz --vae DIR_OR_HUB_ID     # images to SD-VAE latents, resumable
+    imm-ext fid-ref SOURCE REF.npz                        # Inception statistics of a zip, folder or array
     imm-ext train [--preset NAME] [--config FILE.yaml] [--resume auto|PATH] [--name RUN] [key=value ...]
     imm-ext sample --ckpt PATH [--steps 1,2,4,8] [--n 64] [--guidance W] [--out grid.png|samples.npz]
-                   [--seed S] [--no-ema]
+                   [--seed S] [--no-ema] [--latents]
     imm-ext eval --ckpt PATH [--steps 1,2,4,8] [--n N] [--seed S] [--no-ema] [--fid --ref REF.npz]
-    imm-ext encode SOURCE OUT.npz --vae DIR_OR_HUB_ID   # images to SD-VAE latents, resumable
-    imm-ext fid-ref SOURCE REF.npz              # Inception statistics of a zip, folder or image array
-    imm-ext prepare SOURCE OUT.zip [--split train|test] [--resolution R] [--crop adm|center] [--channels 1|3]
     imm-ext presets
     imm-ext doctor [--json] [--no-speed]
 
 `imm-ext train` with no arguments is the default job: IMM on scikit-learn's 8x8 digits on the CPU,
 writing runs/digits/. Overrides are dotted keys of the configuration (`imm-ext presets` and
 `--print-config` show them), e.g. `method.kind=flow_matching` trains the flow-matching baseline on the
-same network. Distributed: `torchrun --nproc_per_node N -m imm_ext.cli train ...`.
+same network. Distributed: `torchrun --nproc_per_node N -m imm_ext.cli train ...`. `--ckpt` also takes
+the IMM authors' released .pkl / .pt files (imm_ext.models.released).
 """
 from __future__ import annotations
 
