@@ -129,12 +129,14 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=1000, help="generated samples per metric")
     parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the dataset's preset in every run (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, one seed, few samples")
     arguments = parser.parse_args(argv)
-    extra = []
+    extra = list(arguments.set)
     if arguments.quick:
         arguments.budgets, arguments.seeds, arguments.samples = "2" if arguments.ablation else "2,4", "0", 200
-        extra = ["model.options={patch_size: 4, hidden_size: 16, depth: 1, heads: 2}", "train.batch_size=32"]
+        extra += ["model.options={patch_size: 4, hidden_size: 16, depth: 1, heads: 2}", "train.batch_size=32"]
     budgets = [float(b) for b in (arguments.budgets or ("300" if arguments.ablation else "120,300,900")).split(",")]
     seeds = [int(s) for s in arguments.seeds.split(",")]
     if arguments.ablation:
