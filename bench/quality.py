@@ -197,15 +197,32 @@ def main(argv=None) -> int:
                "fd_vs_time": str(figure_fd_against_time(results, Path(f"{stem}-fd-vs-time.png"))),
                "samples": f"{stem}-samples.png"}
     results["figures"] = figures
+    results["table"] = summary_table(results)
     Path(f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"results: {stem}.json; figures: {', '.join(figures.values())}")
-    for budget in map(str, budgets):
-        print(f"budget {budget} s: IMM FD at 1/2 steps {_mean_fd(results, budget, 'imm', 'imm', '1'):.2f} / "
-              f"{_mean_fd(results, budget, 'imm', 'imm', '2'):.2f}; FM Euler 50 "
-              f"{_mean_fd(results, budget, 'flow_matching', 'euler', '50'):.2f}, Heun 25 "
-              f"{_mean_fd(results, budget, 'flow_matching', 'heun', '25'):.2f} (real vs real "
-              f"{results['real_vs_real_fd']:.2f})")
+    print(f"results: {stem}.json; figures: {', '.join(figures.values())}\n{results['table']}")
     return 0
+
+
+def summary_table(results: dict) -> str:
+    """Markdown: per budget, FD of IMM at 1/2/4/8 steps and of flow matching's best at 50 evaluations
+    (the better of Euler 50 and Heun 25, per seed), mean over seeds with the range; then the ratios."""
+    def cell(values):
+        mean = sum(values) / len(values)
+        return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    rows = ["| budget | IMM 1 | IMM 2 | IMM 4 | IMM 8 | FM best at 50 NFE | IMM 2 / FM | IMM 1 / FM |",
+            "|---|---|---|---|---|---|---|---|"]
+    for budget in results["budgets_s"]:
+        seeds = [seed[str(budget)] for seed in results["seeds"].values()]
+        imm = {steps: [seed["imm"]["imm"][steps]["fd"] for seed in seeds] for steps in ("1", "2", "4", "8")}
+        best = [min(seed["flow_matching"]["euler"]["50"]["fd"], seed["flow_matching"]["heun"]["25"]["fd"])
+                for seed in seeds]
+        ratios = [cell([a / b for a, b in zip(imm[steps], best)]) for steps in ("2", "1")]
+        rows.append(f"| {budget:g} s | " + " | ".join(cell(imm[s]) for s in ("1", "2", "4", "8"))
+                    + f" | {cell(best)} | {ratios[0]} | {ratios[1]} |")
+    rows.append(f"\nreal vs real FD {results['real_vs_real_fd']:.2f}; {len(results['seeds'])} seed(s), "
+                f"{results['samples']} samples per score")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def test_quick_study_writes_its_results_and_figures(tmp_path):
         assert "method:" in results["config"][method]
     assert "kind: flow_matching" in results["config"]["flow_matching"]
     assert results["real_vs_real_fd"] > 0 and results["machine"]["cores"] >= 1
+    assert results["table"].count("\n| 2 s |") == 1 and "IMM 2 / FM" in results["table"]
     for figure in results["figures"].values():
         with Image.open(figure) as image:
             assert image.format == "PNG" and image.size[0] > 300
