@@ -249,7 +249,7 @@ def _evaluate(arguments) -> int:
     metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=seed)
     if not metrics.available:
         raise ValueError(f"no metric is available for the data {info.name!r} {info.sample_shape} (image metrics need "
-                         f"a feature network: eval.feature_net)")
+                         f"a feature network: eval.feature_net); for a standard FID use --fid --ref REF.npz")
     results = evaluate_steps(model, config.method, info, metrics, steps_list, count, seed=seed,
                              batch_size=batch_size, guidance=arguments.guidance)
     print(metrics_table(results))
