@@ -7,7 +7,9 @@ ablations and the recipe search behind the tuned presets.
 A variant is the preset plus overrides. The ablations (particles, mapping, kernel, weighting) change
 nothing that costs time, so every variant trains for the same number of steps: the preset's measured
 IMM speed times the budget. The recipe search changes the network and the batch, so each variant trains
-for its own measured speed times the budget (equal wall time, run two at a time with one thread each).
+for its own speed times the budget (equal wall time): all variants are timed at once, so that each sees
+the same load, and scaled by the two presets timed side by side as the equal-time study runs them.
+Training runs two at a time with one thread each.
 IMM variants are scored at 1, 2, 4 and 8 steps, flow-matching variants with Euler and Heun at 1 to 100
 steps; the table and the bar figure show IMM at 1 and 2 steps and flow matching's best at 50 network
 evaluations (Euler 50 or Heun 25).
@@ -68,13 +70,14 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     mode, variants = VARIANT_SETS[name]
     jobs = {_slug(label): [*overrides, *extra] for label, overrides in variants.items()}
     labels = {_slug(label): label for label in variants}
+    timing_steps = 30 if samples < 500 else 200
     if speeds_file:
         speeds = json.loads(Path(speeds_file).read_text())["steps_per_s"]
+    elif mode == "time":
+        speeds = equal_load_speeds(dataset, jobs, timing_steps)
     else:
-        timed = jobs if mode == "time" else dict([next(iter(jobs.items()))])
-        speeds = {}
-        for chunk in _chunks(list(timed), parallel):
-            speeds.update(measure_speeds(dataset, {job: timed[job] for job in chunk}, 30 if samples < 500 else 200))
+        first = next(iter(jobs))
+        speeds = measure_speeds(dataset, {first: jobs[first]}, timing_steps)
     base_speed = speeds[next(iter(jobs))]
     steps = {job: max(1, int((speeds[job] if mode == "time" else base_speed) * budget)) for job in jobs}
     results = {"set": name, "dataset": dataset, "mode": mode, "budget_s": budget, "steps_per_s": speeds,
@@ -98,6 +101,19 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     results["figure"] = str(figure(results, Path(f"{out_stem}.png")))
     Path(f"{out_stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def equal_load_speeds(dataset: str, jobs: Dict[str, List[str]], timing_steps: int) -> Dict[str, float]:
+    """Steps per second of every job, fair between them: all jobs timed at once (the same load for
+    each) give their speeds relative to their method's preset (the first job of each method); the
+    presets, timed as a pair like the equal-time study runs them, give the scale."""
+    together = measure_speeds(dataset, jobs, timing_steps)
+    presets = {}
+    for job, overrides in jobs.items():
+        presets.setdefault(is_flow_matching(overrides), job)
+    pair = measure_speeds(dataset, {job: jobs[job] for job in presets.values()}, timing_steps)
+    preset_of = {job: presets[is_flow_matching(overrides)] for job, overrides in jobs.items()}
+    return {job: pair[preset] * together[job] / together[preset] for job, preset in preset_of.items()}
 
 
 def mean_headline(results: dict, job: str) -> Dict[str, float]:
