@@ -148,12 +148,15 @@ def figure(results: dict, path: Path) -> Path:
     series = (("imm_1", "IMM 1 step", "tab:blue"), ("imm_2", "IMM 2 steps", "tab:cyan"),
               ("fm_best_50_nfe", "FM best at 50 NFE", "tab:orange"))
     means = [mean_headline(results, job) for job in jobs]
-    shown = [entry for entry in series if any(entry[0] in values for values in means)]
-    width = 0.8 / len(shown)
-    for offset, (key, label, colour) in enumerate(shown):
-        bars = [(position + (offset - (len(shown) - 1) / 2) * width, values[key])
-                for position, values in enumerate(means) if key in values]
-        axes.bar([x for x, _ in bars], [y for _, y in bars], width, label=label, color=colour)
+    width = 0.8 / max(len(values) for values in means)
+    bars = {key: [] for key, _, _ in series}
+    for position, values in enumerate(means):  # each variant's bars centred on its tick
+        present = [key for key, _, _ in series if key in values]
+        for offset, key in enumerate(present):
+            bars[key].append((position + (offset - (len(present) - 1) / 2) * width, values[key]))
+    for key, label, colour in series:
+        if bars[key]:
+            axes.bar([x for x, _ in bars[key]], [y for _, y in bars[key]], width, label=label, color=colour)
     axes.set_xticks(range(len(jobs)), [results["variants"][job] for job in jobs], rotation=30, ha="right",
                     fontsize=8)
     axes.set_ylabel("FD (lower is better)")
