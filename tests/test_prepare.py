@@ -151,6 +151,9 @@ def test_an_image_folder_becomes_a_labelled_zip_and_mixed_sizes_need_a_resolutio
     with pytest.raises(ValueError, match=r"dog/c\.png is 50x20, unlike the first image's 40x30; pass a resolution"):
         prepare_dataset(tmp_path / "folder", tmp_path / "out.zip", show_progress=False)
     summary = prepare_dataset(tmp_path / "folder", tmp_path / "out.zip", resolution=16, show_progress=False)
+    in_parallel = prepare_dataset(tmp_path / "folder", tmp_path / "parallel.zip", resolution=16, workers=2,
+                                  show_progress=False)
+    assert in_parallel["sha256"] == summary["sha256"]  # the same bytes whatever the number of workers
     assert summary["images"] == 3 and summary["shape"] == [3, 16, 16] and summary["class_names"] == ["cat", "dog"]
     pixels, labels = zip_pixels(tmp_path / "out.zip")
     assert labels.tolist() == [0, 0, 1] and pixels[0, 8, 8].tolist() == [255, 0, 0]

@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="adm: box-halve, bicubic, centre (the ADM ImageNet crop); center: centre, Lanczos")
     prepare.add_argument("--channels", type=int, choices=[1, 3], default=3)
     prepare.add_argument("--limit", type=_positive_int, default=None, help="the first N images only")
+    prepare.add_argument("--workers", type=_positive_int, default=1, help="processes that decode, crop and encode")
     prepare.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("presets", help="list the training presets")
@@ -343,7 +344,7 @@ def _prepare(arguments) -> int:
 
     summary = prepare_dataset(arguments.source, arguments.out, split=arguments.split, resolution=arguments.resolution,
                               crop=arguments.crop, channels=arguments.channels, limit=arguments.limit,
-                              show_progress=not arguments.quiet)
+                              workers=arguments.workers, show_progress=not arguments.quiet)
     classes = f", {len(summary['class_names'])} classes" if summary["class_names"] else ""
     print(f"{summary['images']} images {'x'.join(map(str, summary['shape']))}"
           f"{' with labels' if summary['labelled'] else ''}{classes}: {summary['out']} (sha256 {summary['sha256']})")

@@ -9,19 +9,20 @@ ADM ImageNet pipeline: halve with a box filter while the short side is at least 
 resize with bicubic so the short side equals it, then take the centre), or "center" (the centre square,
 resized with Lanczos). Without one, every image must have the first one's size.
 
-The output is deterministic (same input, same bytes: fixed entry order, time stamps and PNG settings)
-and written atomically (a temporary file renamed into place).
+The output is deterministic (same input, same bytes: fixed entry order, time stamps and PNG settings,
+whatever the number of worker processes) and written atomically (a temporary file renamed into place).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 from ..progress import progress
 from .cifar10 import SPLITS as CIFAR_SPLITS
@@ -57,49 +58,80 @@ def center_crop(image, resolution: int):
 
 def _is_cifar(path: Path) -> bool:
     names = {f"{n}{suffix}" for split in CIFAR_SPLITS.values() for n in split for suffix in ("", ".bin")}
-    if path.is_dir():
-        return any(name in names for _, _, files in os.walk(path) for name in files)
+    if path.is_dir():  # the batch files sit at the top or one folder down (cifar-10-batches-py/)
+        tops = [path, *(child for child in sorted(path.iterdir()) if child.is_dir())]
+        return any((folder / name).is_file() for folder in tops for name in names)
     return path.name.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def _source_images(source: Path, split: str, channels: int) -> Tuple[int, Iterator[Tuple[str, object, int]],
-                                                                     Optional[List[str]], bool]:
-    """(count, iterator of (name, PIL image, label), class names, labelled) of any supported source."""
-    from PIL import Image
+class _Source:
+    """The images of a CIFAR-10 archive (decoded into memory) or of an image folder / zip (read on
+    demand): count, labels, class names, and item i as a PIL image in the requested mode."""
 
-    mode = {1: "L", 3: "RGB"}[channels]
-    if _is_cifar(source):
-        images, labels, classes = read_cifar10(str(source), split)
+    def __init__(self, path: Path, split: str, channels: int):
+        from .image_folder import ImageFolderDataset
+        from .image_zip import ImageZipDataset
 
-        def cifar():
-            for index, (pixels, label) in enumerate(zip(images, labels)):
-                yield f"{split}[{index}]", Image.fromarray(pixels, "RGB").convert(mode), int(label)
+        self.mode, self.pixels, self.dataset = {1: "L", 3: "RGB"}[channels], None, None
+        if _is_cifar(path):
+            self.pixels, labels, self.classes = read_cifar10(str(path), split)
+            self.labels, self.labelled = [int(v) for v in labels], True
+            return
+        if split != "train":
+            raise ValueError(f"split={split!r}: only CIFAR-10 archives have splits; an image folder or zip is one set")
+        if path.is_dir():
+            self.dataset = ImageFolderDataset(str(path), channels=channels)
+        elif path.is_file() and zipfile.is_zipfile(path):
+            self.dataset = ImageZipDataset(str(path), channels=channels)
+        elif path.exists():
+            raise ValueError(f"{str(path)!r} is neither a CIFAR-10 archive (.tar.gz), an image folder nor a zip")
+        else:
+            raise FileNotFoundError(f"source not found: {str(path)!r}")
+        self.labels, self.classes = self.dataset.labels.tolist(), self.dataset.class_names
+        self.labelled = self.dataset.num_classes > 0
 
-        return len(images), cifar(), classes, True
-    if split != "train":
-        raise ValueError(f"split={split!r}: only CIFAR-10 archives have splits; an image folder or zip is one set")
-    from .image_folder import ImageFolderDataset
-    from .image_zip import ImageZipDataset
+    def __len__(self) -> int:
+        return len(self.labels)
 
-    if source.is_dir():
-        dataset = ImageFolderDataset(str(source), channels=channels)
-    elif source.is_file() and zipfile.is_zipfile(source):
-        dataset = ImageZipDataset(str(source), channels=channels)
-    elif source.exists():
-        raise ValueError(f"{str(source)!r} is neither a CIFAR-10 archive (.tar.gz), an image folder nor a zip")
-    else:
-        raise FileNotFoundError(f"source not found: {str(source)!r}")
+    def name(self, index: int) -> str:
+        return self.dataset.entries[index] if self.dataset is not None else f"image {index}"
 
-    def files():
-        for index, name in enumerate(dataset.entries):
-            try:
-                with Image.open(io.BytesIO(dataset.read_bytes(index))) as image:
-                    converted = image.convert(mode)
-            except (OSError, SyntaxError, ValueError) as error:
-                raise ValueError(f"cannot decode {name}: {error}") from None
-            yield name, converted, int(dataset.labels[index])
+    def image(self, index: int):
+        from PIL import Image
 
-    return len(dataset), files(), dataset.class_names, dataset.num_classes > 0
+        if self.pixels is not None:
+            return Image.fromarray(self.pixels[index], "RGB").convert(self.mode)
+        try:
+            with Image.open(io.BytesIO(self.dataset.read_bytes(index))) as image:
+                return image.convert(self.mode)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"cannot decode {self.name(index)}: {error}") from None
+
+
+_WORK: dict = {}  # what a worker process prepares: set before the pool forks, or sent once to each worker
+
+
+def _set_work(work: dict) -> None:
+    _WORK.clear()
+    _WORK.update(work)
+
+
+def _prepared(index: int) -> Tuple[bytes, Tuple[int, int]]:
+    """Item `index` cropped and resized as asked, as PNG bytes and its (width, height)."""
+    image = _WORK["source"].image(index)
+    if _WORK["resolution"] is not None:
+        image = {"adm": adm_center_crop, "center": center_crop}[_WORK["crop"]](image, _WORK["resolution"])
+    return _png(image), image.size
+
+
+def _prepared_items(work: dict, count: int, workers: int) -> Iterator[Tuple[bytes, Tuple[int, int]]]:
+    """_prepared(0 .. count - 1) in order, over `workers` processes."""
+    if workers == 1:
+        _set_work(work)
+        yield from map(_prepared, range(count))
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_set_work, initargs=(work,)) as pool:
+        yield from pool.imap(_prepared, range(count), chunksize=64)
 
 
 def _png(image) -> bytes:
@@ -115,54 +147,52 @@ def _entry(name: str) -> zipfile.ZipInfo:
 
 
 def prepare_dataset(source: PathLike, out: PathLike, *, split: str = "train", resolution: Optional[int] = None,
-                    crop: str = "adm", channels: int = 3, limit: Optional[int] = None,
+                    crop: str = "adm", channels: int = 3, limit: Optional[int] = None, workers: int = 1,
                     show_progress: bool = True) -> dict:
-    """Write `source`'s images (see the module docstring) to the zip `out`; returns a summary: the output
+    """Write `source`'s images (see the module docstring) to the zip `out`, decoding, cropping and
+    encoding in `workers` processes (the output does not depend on it); returns a summary: the output
     path, image count, shape, whether labelled, class names and the output's SHA-256."""
     source, out = Path(source), Path(out)
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {', '.join(map(repr, CROPS))}; got {crop!r}")
     if channels not in (1, 3) or isinstance(channels, bool):
         raise ValueError(f"channels must be 1 or 3; got {channels!r}")
-    for name, value in (("resolution", resolution), ("limit", limit)):
+    for name, value in (("resolution", resolution), ("limit", limit), ("workers", workers)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive int or None; got {value!r}")
     if out.suffix.lower() != ".zip":
         raise ValueError(f"out must be a .zip file; got {str(out)!r}")
-    count, images, classes, labelled = _source_images(source, split, channels)
-    count = min(count, limit) if limit else count
+    images = _Source(source, split, channels)
+    count = min(len(images), limit) if limit else len(images)
+    work = {"source": images, "resolution": resolution, "crop": crop}
     out.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(descriptor)
     table, size = [], None
     try:
         with zipfile.ZipFile(temporary, "w") as archive:
-            crops = {"adm": adm_center_crop, "center": center_crop}
-            for index, (name, image, label) in enumerate(progress(images, total=count, enabled=show_progress,
-                                                                  description=f"prepare {source.name}")):
-                if index == count:
-                    break
-                if resolution is not None:
-                    image = crops[crop](image, resolution)
+            items = progress(_prepared_items(work, count, workers), total=count, enabled=show_progress,
+                             description=f"prepare {source.name}")
+            for index, (png, image_size) in enumerate(items):
                 if size is None:
-                    size = image.size
-                elif image.size != size:
-                    raise ValueError(f"{name} is {image.size[0]}x{image.size[1]}, unlike the first image's "
-                                     f"{size[0]}x{size[1]}; pass a resolution to crop and resize every image")
+                    size = image_size
+                elif image_size != size:
+                    raise ValueError(f"{images.name(index)} is {image_size[0]}x{image_size[1]}, unlike the first "
+                                     f"image's {size[0]}x{size[1]}; pass a resolution to crop and resize every image")
                 entry = f"{index // 1000:05d}/img{index:08d}.png"
-                archive.writestr(_entry(entry), _png(image))
-                table.append([entry, label])
+                archive.writestr(_entry(entry), png)
+                table.append([entry, images.labels[index]])
             if not table:
                 raise ValueError(f"{str(source)!r} holds no images")
-            document = {"labels": table if labelled else None}
-            if classes:
-                document["class_names"] = list(classes)
+            document = {"labels": table if images.labelled else None}
+            if images.classes:
+                document["class_names"] = list(images.classes)
             archive.writestr(_entry("dataset.json"), json.dumps(document))
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    return {"out": str(out), "images": len(table), "shape": [channels, size[1], size[0]], "labelled": labelled,
-            "class_names": list(classes) if classes else None, "sha256": digest}
+    return {"out": str(out), "images": len(table), "shape": [channels, size[1], size[0]], "labelled": images.labelled,
+            "class_names": list(images.classes) if images.classes else None, "sha256": digest}
 
