@@ -39,7 +39,7 @@ def image_zip(tmp_path_factory):
 
 def test_encode_stores_the_posterior_mean_and_std_with_labels(tmp_path, vae_dir, image_zip):
     assert main(["encode", str(image_zip), str(tmp_path / "z.npz"), "--vae", str(vae_dir), "--batch-size", "3",
-                 "--quiet"]) == 0
+                 "--workers", "2", "--quiet"]) == 0
     with np.load(tmp_path / "z.npz") as archive:
         latents, labels = archive["latents"], archive["labels"]
     assert latents.shape == (10, 8, 8, 8) and labels.tolist() == [0] * 5 + [1] * 5

@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("out", type=Path, help="the .npz to write (resumable: an interrupted encode continues)")
     encode.add_argument("--vae", required=True, help="a local directory or a hub id, e.g. stabilityai/sd-vae-ft-ema")
     encode.add_argument("--batch-size", type=_positive_int, default=64)
+    encode.add_argument("--workers", type=int, default=0, help="DataLoader processes that read the images")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
 
     fid_ref = commands.add_parser("fid-ref", help="Inception reference statistics (mu, sigma) of a set of images")
@@ -311,7 +312,8 @@ def _encode(arguments) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary = encode_dataset(_image_dataset(arguments.source), arguments.out, load_vae(arguments.vae, device),
-                             batch_size=arguments.batch_size, vae_name=arguments.vae, source=str(arguments.source),
+                             batch_size=arguments.batch_size, workers=arguments.workers, vae_name=arguments.vae,
+                             source=str(arguments.source),
                              show_progress=not arguments.quiet)
     channels, height, width = summary["shape"][1:]
     print(f"{summary['images']} images -> latents {channels // 2}x{height}x{width} (posterior mean and std): "

@@ -55,10 +55,12 @@ def _device_of(vae) -> torch.device:
 
 
 @torch.no_grad()
-def encode_dataset(dataset, out: PathLike, vae, *, batch_size: int = 64, vae_name: Optional[str] = None,
-                   source: Optional[str] = None, show_progress: bool = True) -> Dict[str, Any]:
-    """Encode every image of `dataset` ((x in [-1, 1], label) items) to `out` (.npz); see the module
-    docstring. Returns the summary also written to `out` with the suffix .json."""
+def encode_dataset(dataset, out: PathLike, vae, *, batch_size: int = 64, workers: int = 0,
+                   vae_name: Optional[str] = None, source: Optional[str] = None,
+                   show_progress: bool = True) -> Dict[str, Any]:
+    """Encode every image of `dataset` ((x in [-1, 1], label) items) to `out` (.npz), reading the images
+    in `workers` DataLoader processes; see the module docstring. Returns the summary also written to
+    `out` with the suffix .json."""
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"out must be a .npz file; got {str(out)!r}")
@@ -86,14 +88,14 @@ def encode_dataset(dataset, out: PathLike, vae, *, batch_size: int = 64, vae_nam
         partial.mkdir(parents=True, exist_ok=True)
         rows = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.float32, shape=shape)
         labels = np.lib.format.open_memmap(labels_file, mode="w+", dtype=np.int64, shape=(count,))
-    starts = range(done, count, batch_size)
-    for start in progress(starts, total=len(starts), enabled=show_progress, description="encode", unit="batch"):
-        stop = min(start + batch_size, count)
-        items = [dataset[index] for index in range(start, stop)]
-        images = torch.stack([x for x, _ in items]).to(device)
-        posterior = vae.encode(images).latent_dist
+    remaining = torch.utils.data.Subset(dataset, range(done, count))
+    loader = torch.utils.data.DataLoader(remaining, batch_size=batch_size, shuffle=False, num_workers=workers)
+    batches = progress(loader, total=len(loader), enabled=show_progress, description="encode", unit="batch")
+    for start, (images, batch_labels) in zip(range(done, count, batch_size), batches):
+        stop = start + len(images)
+        posterior = vae.encode(images.to(device)).latent_dist
         rows[start:stop] = torch.cat([posterior.mean, posterior.std], dim=1).float().cpu().numpy()
-        labels[start:stop] = [label for _, label in items]
+        labels[start:stop] = batch_labels.numpy()
         rows.flush()
         labels.flush()
         _write_json(state_file, {**identity, "done": stop})  # only after the rows are on disk
