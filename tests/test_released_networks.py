@@ -81,7 +81,7 @@ def authors_file(persistence, path, model_class, model_kwargs, state_dict, setti
 
 DIT_SETTINGS = {"img_resolution": DIT["input_size"], "img_channels": DIT["in_channels"],
                 "label_dim": DIT["num_classes"], "model_type": "DiT", "noise_schedule": "fm", "f_type": "euler_fm",
-                "temb_type": "stride", "time_scale": 1000, "sigma_data": 0.5, "eps": 0.0, "T": 0.994}
+                "temb_type": "stride", "time_scale": 1000, "sigma_data": 0.5, "eps": np.float64(0.0), "T": 0.994}
 DIT_KWARGS = {"img_resolution": DIT["input_size"], "in_channels": DIT["in_channels"], "label_dim": DIT["num_classes"],
               "patch_size": DIT["patch_size"], "hidden_size": DIT["hidden_size"], "depth": DIT["depth"],
               "num_heads": DIT["heads"]}
@@ -110,8 +110,7 @@ def test_a_released_unet_samples_from_the_command_line(tmp_path, persistence):
     state = authors_unet_state_dict()
     settings = {"img_resolution": 8, "img_channels": 3, "label_dim": 4, "model_type": "SongUNet", "f_type": "simple_edm",
                 "temb_type": "identity", "eps": 0.006, "T": 0.994, "noise_schedule": "fm"}
-    kwargs = {"img_resolution": 8, "in_channels": 3, "label_dim": 4, **{k: UNET[k] for k in (
-        "model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")}}
+    kwargs = {"img_resolution": 8, "dropout": 0.0}  # the sizes are read from the tensors
     path = authors_file(persistence, tmp_path / "cifar.pkl", "SongUNet", kwargs, state, settings)
     released = load_released(path)
     expected = load_authors_state_dict(UNet(**UNET), {k: v.float() for k, v in state.items()})

@@ -41,17 +41,18 @@ def restricted_loads(data: bytes, allowed: Dict[Tuple[str, str], Any], *, source
 
 
 def numpy_array_globals() -> Dict[Tuple[str, str], Any]:
-    """What a pickled numpy array needs: its reconstructor, ndarray and dtype, under numpy 1's and 2's
-    module names. The array's bytes are then set from the pickle's data, not computed."""
+    """What pickled numpy arrays and scalars need: the reconstructors, ndarray and dtype, under numpy 1's
+    and 2's module names. The values' bytes are then set from the pickle's data, not computed."""
     import numpy as np
 
     try:
-        from numpy._core.multiarray import _reconstruct
+        from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct, scalar
     allowed = {}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = _reconstruct
+        allowed[(module, "scalar")] = scalar  # a numpy scalar from its dtype and bytes
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     allowed[("_codecs", "encode")] = _latin1_encode  # how protocol 2 spells bytes under Python 3

@@ -7,26 +7,28 @@ module's source code (which their loader executes) and the object's state; torch
 stored by class reference; tensors as torch's storages. Here a restricted unpickler resolves only:
 - the tensor and parameter rebuilders and dtypes (storages are read by `torch.load(weights_only=True)`
   or from the file's own zip records), OrderedDict, set, EasyDict as a dict;
-- the persistence reconstructor and the classes of torch.nn, timm and the authors' `training` package,
-  each as an inert record of its state: no constructor runs, the source code in meta is never
-  executed, only its class name and state are read.
+- the persistence reconstructor and the classes of torch.nn, timm, omegaconf and the authors'
+  `training` package, each as an inert record of its state: no constructor runs, the source code in
+  meta is never executed, only its class name and state are read.
 Anything else (`os.system`, `builtins.eval`, any other class) is refused, naming it.
 
-The records are then walked for the network's constructor arguments and its state dict (parameters and
-persistent buffers), which `interop` maps onto imm_ext's DiT or UNet strictly; tensors the network does
-not use are reported in `extra_keys`, not fatal.
+The records are then walked for the network's state dict (parameters and persistent buffers), whose
+names and shapes give the architecture, and the wrapper's constructor arguments (the method settings);
+`interop` maps the state onto imm_ext's DiT or UNet strictly; tensors the network does not use are
+reported in `extra_keys`, not fatal.
 """
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import re
 import types
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import torch
 from torch import nn
@@ -36,7 +38,7 @@ from .dit import DiT
 from .interop import WRAPPER_PREFIX, convert_authors_state_dict, dit_rules, unet_rules
 from .unet import UNet
 
-RECORDED_MODULES = ("torch.nn.modules.", "timm.", "training.")
+RECORDED_MODULES = ("torch.nn.modules.", "timm.", "training.", "omegaconf.")
 _DIT_CLASS = re.compile(r"DiT_(S|B|L|XL)_(2|4|8)$")
 
 
@@ -187,26 +189,51 @@ def _network_record(loaded: Any, path: str) -> Record:
     return loaded
 
 
-def _build(inner: Record, settings: Dict[str, Any]) -> nn.Module:
-    """imm_ext's DiT or UNet with the configuration of the authors' inner network record."""
-    name, kwargs = type(inner).__qualname__, _init_kwargs(inner)
-    resolution = int(kwargs.get("img_resolution", settings.get("img_resolution", 32)))
-    channels = int(kwargs.get("in_channels", settings.get("img_channels", 3)))
-    classes = int(kwargs.get("label_dim", settings.get("label_dim", 0)))
+def _build(inner: Record, tensors: Dict[str, torch.Tensor]) -> nn.Module:
+    """imm_ext's DiT or UNet shaped like the authors' inner network: the sizes come from the tensors
+    (their constructor arguments may be config objects that are not read here); only the DiT's head
+    count, which no shape shows, comes from the class name (DiT_XL_2 ...) or the num_heads argument."""
+    name = type(inner).__qualname__
+
+    def shape(key: str) -> Tuple[int, ...]:
+        if key not in tensors:
+            raise ValueError(f"the released {name} has no tensor {key!r}, so its size cannot be read")
+        return tuple(tensors[key].shape)
+
     match = _DIT_CLASS.match(name)
-    if match:
-        return DiT.from_preset(f"{match.group(1)}/{match.group(2)}", input_size=resolution, in_channels=channels,
-                               num_classes=classes)
-    if name == "DiT":
-        return DiT(input_size=resolution, patch_size=int(kwargs.get("patch_size", 2)), in_channels=channels,
-                   hidden_size=int(kwargs.get("hidden_size", 1152)), depth=int(kwargs.get("depth", 28)),
-                   heads=int(kwargs.get("num_heads", 16)), num_classes=classes)
+    if match or name == "DiT":
+        hidden, channels, patch, _ = shape("x_embedder.proj.weight")
+        grid = math.isqrt(shape("pos_embed")[1])
+        size = {"input_size": grid * patch, "in_channels": channels,
+                "num_classes": shape("y_embedder.embedding_table.weight")[0] - 1}
+        if match:
+            return DiT.from_preset(f"{match.group(1)}/{match.group(2)}", **size)
+        depth = 1 + max(int(key.split(".")[1]) for key in tensors if key.startswith("blocks."))
+        heads = _init_kwargs(inner).get("num_heads", 16)
+        return DiT(patch_size=patch, hidden_size=hidden, depth=depth, heads=int(heads), **size)
     if name == "SongUNet":
-        options = {key: kwargs[key] for key in ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
-                                                "attn_resolutions", "dropout") if key in kwargs}
-        return UNet(resolution=resolution, in_channels=channels, num_classes=classes, **options)
+        return UNet(**_unet_sizes(tensors, shape), dropout=float(_init_kwargs(inner).get("dropout", 0.0)))
     raise ValueError(f"the released network's model is a {name!r}; imm_ext reads DiT, DiT_<size>_<patch> and "
                      f"SongUNet")
+
+
+def _unet_sizes(tensors: Dict[str, torch.Tensor], shape) -> Dict[str, Any]:
+    """SongUNet's configuration from its encoder's tensor names and shapes (enc.<R>x<R>_conv, _block<i>)."""
+    (conv,) = [key for key in tensors if re.fullmatch(r"enc\.\d+x\d+_conv\.weight", key)]
+    resolution = int(conv.split(".")[1].split("x")[0])
+    model_channels, in_channels = shape(conv)[:2]
+    blocks: Dict[int, Dict[int, str]] = {}
+    for key in tensors:
+        found = re.fullmatch(r"enc\.(\d+)x\d+_block(\d+)\.conv0\.weight", key)
+        if found:
+            blocks.setdefault(int(found.group(1)), {})[int(found.group(2))] = key
+    levels = sorted(blocks, reverse=True)
+    attention = [r for r in levels if any(f"enc.{r}x{r}_block{i}.qkv.weight" in tensors for i in blocks[r])]
+    return {"resolution": resolution, "in_channels": in_channels, "model_channels": model_channels,
+            "channel_mult": [shape(blocks[r][max(blocks[r])])[0] // model_channels for r in levels],
+            "channel_mult_emb": shape("map_layer0.weight")[0] // model_channels,
+            "num_blocks": len(blocks[resolution]), "attn_resolutions": attention,
+            "num_classes": shape("map_label.weight")[1] if "map_label.weight" in tensors else 0}
 
 
 def load_released(path: Union[str, os.PathLike]) -> ReleasedNetwork:
@@ -216,8 +243,8 @@ def load_released(path: Union[str, os.PathLike]) -> ReleasedNetwork:
     settings = _init_kwargs(wrapper)
     modules = _state_of(wrapper).get("_modules") or {}
     inner = modules["model"] if isinstance(modules.get("model"), Record) else wrapper
-    network = _build(inner, settings)
     tensors = module_tensors(inner)
+    network = _build(inner, tensors)
     expected = _expected_keys(network)
     extra = sorted(set(module_tensors(wrapper)) - {(WRAPPER_PREFIX if inner is not wrapper else "") + key
                                                    for key in tensors if key in expected})
