@@ -40,7 +40,8 @@ from imm_ext.train.checkpoint import list_checkpoints
 from imm_ext.train.evaluation import generate, load_trained_model
 from imm_ext.train.plots import save_figure
 from ablation import VARIANT_SETS, run_variant_set
-from study_runs import FM_STEPS, IMM_STEPS, METHODS, measure_speeds, network_evaluations, score, train_together
+from study_runs import (FM_STEPS, IMM_STEPS, METHODS, measure_speeds, method_overrides, network_evaluations, score,
+                        train_together)
 
 # ---------------------------------------------------------------------------------------------
 # Figures
@@ -154,8 +155,8 @@ def main(argv=None) -> int:
     if arguments.speeds:
         speeds = json.loads(arguments.speeds.read_text())["steps_per_s"]
     else:
-        speeds = measure_speeds(arguments.dataset, {m: [*o, *extra] for m, o in METHODS.items()},
-                                30 if arguments.quick else 200)
+        timed = {m: [*o, *extra] for m, o in method_overrides(arguments.dataset).items()}
+        speeds = measure_speeds(arguments.dataset, timed, 30 if arguments.quick else 200)
     steps = {m: {str(b): max(1, int(speeds[m] * b)) for b in budgets} for m in METHODS}
     # Checkpoints at every budget's step (and nothing else kept): the trainer writes every `every` steps.
     every = {m: max(1, min(steps[m].values()) // 4) for m in METHODS}
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             final = {m: max(targets[m].values()) for m in METHODS}
             jobs = {m: [*overrides, f"train.steps={final[m]}", f"log.checkpoint_every={every[m]}", *extra]
-                    for m, overrides in METHODS.items()}
+                    for m, overrides in method_overrides(arguments.dataset).items()}
             runs = train_together(arguments.dataset, Path(root), jobs, seed)
             results["runs"][str(seed)] = runs
             per_budget = {}

@@ -32,6 +32,8 @@ def test_quick_study_writes_its_results_and_figures(tmp_path):
         assert results["runs"]["0"][method]["wall_s"] > 0 and results["runs"]["0"][method]["cpu_s"] > 0
         assert "method:" in results["config"][method]
     assert "kind: flow_matching" in results["config"]["flow_matching"]
+    # each method at its own tuned learning rate on digits (study_runs.TUNED)
+    assert "lr: 0.002" in results["config"]["flow_matching"] and "lr: 0.001" in results["config"]["imm"]
     assert results["real_vs_real_fd"] > 0 and results["machine"]["cores"] >= 1
     assert results["table"].count("\n| 2 s |") == 1 and "IMM 2 / FM" in results["table"]
     for figure in results["figures"].values():
