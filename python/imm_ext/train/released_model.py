@@ -11,9 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Tuple
 
+import torch
+
 from ..models import DiT
 from ..models.released import ReleasedNetwork, load_released
-from .components import DataInfo
+from .components import DataInfo, parametrize
 from .config import TrainingConfig
 from .presets import get_preset
 
@@ -42,10 +44,6 @@ def released_config(released: ReleasedNetwork) -> Tuple[TrainingConfig, DataInfo
 
 def load_released_model(path: Path):
     """(model f_{s,t}, config, info, step 0) like `evaluation.load_trained_model`, for a released file."""
-    import torch
-
-    from .components import parametrize
-
     released = load_released(path)
     config, info = released_config(released)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
