@@ -30,6 +30,16 @@ def check_image_options(channels: int, resolution: Optional[int]) -> None:
         raise ValueError(f"resolution must be a positive int or None; got {resolution!r}")
 
 
+def center_crop(image, resolution: int):
+    """The centre square of a PIL image, resized with Lanczos to resolution x resolution."""
+    from PIL import Image
+
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    return image if side == resolution else image.resize((resolution, resolution), Image.LANCZOS)
+
+
 def decode_image(data: bytes, *, channels: int, resolution: Optional[int], source: str = "image") -> torch.Tensor:
     """float32 (channels, H, W) in [-1, 1]; with a resolution, centre-cropped to a square and resized
     (Lanczos) to resolution x resolution."""
@@ -41,11 +51,7 @@ def decode_image(data: bytes, *, channels: int, resolution: Optional[int], sourc
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot decode {source}: {error}") from error
     if resolution is not None:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-        if side != resolution:
-            image = image.resize((resolution, resolution), Image.LANCZOS)
+        image = center_crop(image, resolution)
     pixels = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels)
     return to_unit_range(pixels.transpose(2, 0, 1))
 

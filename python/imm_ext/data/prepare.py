@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Tuple, Union
 from ..progress import progress
 from .cifar10 import SPLITS as CIFAR_SPLITS
 from .cifar10 import read_cifar10
+from .image_files import center_crop
 
 CROPS = ("adm", "center")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -44,16 +45,6 @@ def adm_center_crop(image, resolution: int):
     image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
     left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
     return image.crop((left, top, left + resolution, top + resolution))
-
-
-def center_crop(image, resolution: int):
-    """The centre square of a PIL image, resized with Lanczos to resolution x resolution."""
-    from PIL import Image
-
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    return image if side == resolution else image.resize((resolution, resolution), Image.LANCZOS)
 
 
 def _is_cifar(path: Path) -> bool:
