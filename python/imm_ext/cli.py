@@ -19,7 +19,9 @@ the IMM authors' released .pkl / .pt files (imm_ext.models.released).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -137,9 +139,6 @@ def training_config(preset: Optional[str], config_file: Optional[Path], override
 def _with_encoded_latents(config: TrainingConfig) -> TrainingConfig:
     """Latents written by `imm-ext encode` carry a JSON beside them: its VAE becomes data.vae and its
     stored form data.options.stored, unless the configuration sets them."""
-    import json
-    from dataclasses import replace
-
     data = config.data
     record = Path(data.path).with_suffix(".json") if data.name == "latents" and data.path else None
     if record is None or not record.is_file():
@@ -264,8 +263,6 @@ def _evaluate(arguments) -> int:
 
 def _standard_fid(arguments, model, config, info, step, steps_list, count, seed, batch_size) -> int:
     """FID of `count` samples per step count against the reference statistics, batch by batch."""
-    import json
-
     from .eval.fid_reference import fid_from_statistics, inception_statistics, load_reference
     from .eval.inception import load_inception
     from .train.evaluation import generate_batches
