@@ -43,9 +43,9 @@ def _digits() -> TrainingConfig:
         data=DataConfig(name="digits", eval_split="all"),
         model=ModelConfig(kind="dit", options={"patch_size": 2, "hidden_size": 64, "depth": 2, "heads": 4}),
         method=MethodConfig.from_preset(PRESETS["digits"]),
-        # lr 1e-3 for IMM: 2e-3 helped at 5 minutes but after 15 its 1-step FD rose from 15.6 to 35.7
-        # (bench/results/quality-digits-*); the flow-matching baseline trains at its own best, 2e-3
-        # (bench/quality.py). A batch of 256 or a wider, deeper DiT did worse at equal time.
+        # lr 1e-3 for IMM: 2e-3 helped its 2-step FD at 5 minutes, but by 15 its 1-step FD had more than
+        # doubled (bench/results/quality-digits-*); the flow-matching baseline trains at its own best,
+        # 2e-3 (bench/study_runs.py). A batch of 256 or a wider, deeper DiT did worse at equal time.
         optimizer=OptimizerConfig(name="adamw", lr=1e-3, warmup_steps=100, grad_clip=1.0),
         # One thread: at this size a second OpenMP thread gains little, and on a shared 2-core machine its
         # spin-waiting makes steps several times slower.
@@ -63,7 +63,7 @@ def _fashion_mnist() -> TrainingConfig:
         model=ModelConfig(kind="dit", options={"patch_size": 4, "hidden_size": 96, "depth": 3, "heads": 4}),
         method=MethodConfig.from_preset(PRESETS["digits"], k=13),
         optimizer=OptimizerConfig(name="adamw", lr=1e-3, warmup_steps=100, grad_clip=1.0),
-        train=LoopConfig(steps=3600, batch_size=128, ema_decay=0.999, ema_warmup=True, threads=1),
+        train=LoopConfig(steps=2600, batch_size=128, ema_decay=0.999, ema_warmup=True, threads=1),
         log=LogConfig(log_every=25, sample_every=1000, checkpoint_every=500, grid_size=64),
         eval=EvalConfig(num_samples=1000, batch_size=500))
 
