@@ -17,14 +17,13 @@ evaluations (Euler 50 or Heun 25).
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Dict, List
 
 from matplotlib.figure import Figure
 
 from imm_ext.train.plots import save_figure
-from study_runs import measure_speeds, score, train_together
+from study_runs import measure_speeds, score, train_together, training_folder
 
 FM = ["method.kind=flow_matching"]
 
@@ -65,14 +64,14 @@ def headline(scores: dict, flow_matching: bool) -> Dict[str, float]:
 
 
 def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], samples: int, speeds_file, out_stem: Path,
-                    extra: List[str], parallel: int = 2) -> dict:
+                    extra: List[str], runs_dir=None, parallel: int = 2) -> dict:
     """Train and score every variant of VARIANT_SETS[name]; write <out_stem>.json and the bar figure."""
     mode, variants = VARIANT_SETS[name]
     jobs = {_slug(label): [*overrides, *extra] for label, overrides in variants.items()}
     labels = {_slug(label): label for label in variants}
     timing_steps = 30 if samples < 500 else 200
     if speeds_file:
-        speeds = json.loads(Path(speeds_file).read_text())["steps_per_s"]
+        speeds = stored_speeds(json.loads(Path(speeds_file).read_text())["steps_per_s"], jobs, mode)
     elif mode == "time":
         speeds = equal_load_speeds(dataset, jobs, timing_steps)
     else:
@@ -83,7 +82,7 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     results = {"set": name, "dataset": dataset, "mode": mode, "budget_s": budget, "steps_per_s": speeds,
                "steps": steps, "samples": samples, "variants": {job: labels[job] for job in jobs},
                "overrides": jobs, "seeds": {}, "runs": {}}
-    with tempfile.TemporaryDirectory() as root:
+    with training_folder(runs_dir) as root:
         for seed in seeds:
             results["seeds"][str(seed)], results["runs"][str(seed)] = {}, {}
             for chunk in _chunks(list(jobs), parallel):
@@ -101,6 +100,17 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     results["figure"] = str(figure(results, Path(f"{out_stem}.png")))
     Path(f"{out_stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def stored_speeds(stored: Dict[str, float], jobs: Dict[str, List[str]], mode: str) -> Dict[str, float]:
+    """The speeds of an earlier results JSON for these jobs: an ablation's own (keyed by variant), or, at
+    equal steps, an equal-time study's (keyed by method: every variant trains at the preset's speed)."""
+    if all(job in stored for job in jobs):
+        return {job: stored[job] for job in jobs}
+    if mode == "steps" and "imm" in stored:
+        return {job: stored["flow_matching" if is_flow_matching(overrides) else "imm"] for job, overrides in jobs.items()}
+    missing = sorted(job for job in jobs if job not in stored)
+    raise SystemExit(f"--speeds: the file has no speed for {', '.join(missing)} (equal-time variants need their own)")
 
 
 def equal_load_speeds(dataset: str, jobs: Dict[str, List[str]], timing_steps: int) -> Dict[str, float]:

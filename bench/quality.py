@@ -2,6 +2,7 @@
 
     python bench/quality.py --dataset digits --budgets 120,300,900 --seeds 0,1,2
     python bench/quality.py --dataset fashion-mnist --budgets 600,1800 --seeds 0
+    python bench/quality.py --merge A.json B.json            # one study from runs of different seeds
     python bench/quality.py --quick                          # a smoke run (the tests use it)
     python bench/quality.py --ablation particles --budgets 300   # a variant set: see ablation.py
 
@@ -26,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from imm_ext.train.evaluation import generate, load_trained_model
 from imm_ext.train.plots import save_figure
 from ablation import VARIANT_SETS, run_variant_set
 from study_runs import (FM_STEPS, IMM_STEPS, METHODS, measure_speeds, method_overrides, network_evaluations, score,
-                        train_together)
+                        train_together, training_folder)
 
 # ---------------------------------------------------------------------------------------------
 # Figures
@@ -130,10 +130,21 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=1000, help="generated samples per metric")
     parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--runs-dir", type=Path, help="train in this folder and keep the runs and their checkpoints "
+                                                    "(default: a temporary folder)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override the dataset's preset in every run (repeatable)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="RESULTS",
+                        help="combine earlier results JSONs of one study (other seeds) into one, with its table and "
+                             "figures, instead of training")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, one seed, few samples")
     arguments = parser.parse_args(argv)
+    if arguments.merge:
+        results = merge_results(arguments.merge)
+        stem = arguments.out_dir / f"quality-{results['dataset']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        arguments.out_dir.mkdir(parents=True, exist_ok=True)
+        write_results(results, stem)
+        return 0
     extra = list(arguments.set)
     if arguments.quick:
         arguments.budgets, arguments.seeds, arguments.samples = "2" if arguments.ablation else "2,4", "0", 200
@@ -147,7 +158,7 @@ def main(argv=None) -> int:
                                     f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         arguments.out_dir.mkdir(parents=True, exist_ok=True)
         results = run_variant_set(arguments.ablation, arguments.dataset, budgets[0], seeds, arguments.samples,
-                                  arguments.speeds, stem, extra)
+                                  arguments.speeds, stem, extra, arguments.runs_dir)
         print(f"results: {stem}.json; figure: {results['figure']}\n{results['table']}")
         return 0
     started = time.perf_counter()
@@ -167,7 +178,7 @@ def main(argv=None) -> int:
                            "torch": torch.__version__},
                "imm_steps": list(IMM_STEPS), "fm_steps": list(FM_STEPS), "samples": arguments.samples,
                "seeds": {}, "runs": {}, "command": sys.argv}
-    with tempfile.TemporaryDirectory() as root:
+    with training_folder(arguments.runs_dir) as root:
         for seed in seeds:
             final = {m: max(targets[m].values()) for m in METHODS}
             jobs = {m: [*overrides, f"train.steps={final[m]}", f"log.checkpoint_every={every[m]}", *extra]
@@ -194,14 +205,36 @@ def main(argv=None) -> int:
         last = any_seed[str(budgets[-1])]["imm"]["imm"]["1"]
         results["real_vs_real_fd"] = last.get("real_vs_real.fd", float("nan"))
     results["wall_s"] = time.perf_counter() - started
-    figures = {"fd_vs_evaluations": str(figure_fd_against_evaluations(results, Path(f"{stem}-fd-vs-nfe.png"))),
-               "fd_vs_time": str(figure_fd_against_time(results, Path(f"{stem}-fd-vs-time.png"))),
-               "samples": f"{stem}-samples.png"}
-    results["figures"] = figures
+    results["figures"] = {"samples": f"{stem}-samples.png"}
+    write_results(results, stem)
+    return 0
+
+
+def write_results(results: dict, stem: Path) -> None:
+    """<stem>.json with the summary table, and the two FD figures next to it."""
+    results["figures"] = {"fd_vs_evaluations": str(figure_fd_against_evaluations(results, Path(f"{stem}-fd-vs-nfe.png"))),
+                          "fd_vs_time": str(figure_fd_against_time(results, Path(f"{stem}-fd-vs-time.png"))),
+                          "samples": results["figures"]["samples"]}
     results["table"] = summary_table(results)
     Path(f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"results: {stem}.json; figures: {', '.join(figures.values())}\n{results['table']}")
-    return 0
+    print(f"results: {stem}.json; figures: {', '.join(results['figures'].values())}\n{results['table']}")
+
+
+def merge_results(paths) -> dict:
+    """One study from several results JSONs of it that ran different seeds (the same dataset, budgets,
+    steps and sampler settings); the sample grid stays the first file's."""
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    merged = {**parts[0], "seeds": {}, "runs": {}, "command": sys.argv, "merged_from": [str(p) for p in paths],
+              "wall_s": sum(part["wall_s"] for part in parts)}
+    for path, part in zip(paths, parts):
+        for key in ("dataset", "budgets_s", "steps", "samples", "imm_steps", "fm_steps", "real_vs_real_fd"):
+            if part[key] != parts[0][key]:
+                raise SystemExit(f"--merge: {path} differs from {paths[0]} in {key}")
+        if set(part["seeds"]) & set(merged["seeds"]):
+            raise SystemExit(f"--merge: {path} repeats seed(s) {sorted(set(part['seeds']) & set(merged['seeds']))}")
+        merged["seeds"].update(part["seeds"])
+        merged["runs"].update(part["runs"])
+    return merged
 
 
 def summary_table(results: dict) -> str:

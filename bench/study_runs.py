@@ -3,6 +3,7 @@
 at every sampler step count."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,17 @@ TUNED = {"digits": {"flow_matching": ["optimizer.lr=2e-3"]}}
 def method_overrides(dataset: str) -> Dict[str, List[str]]:
     """Each method's overrides of the dataset's preset in the equal-time study."""
     return {m: [*o, *TUNED.get(dataset, {}).get(m, [])] for m, o in METHODS.items()}
+
+
+def training_folder(runs_dir) -> contextlib.AbstractContextManager:
+    """Where the runs train: runs_dir, kept (its checkpoints stay for a later look), or a temporary
+    folder removed after scoring."""
+    if runs_dir is None:
+        return tempfile.TemporaryDirectory()
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(runs_dir))
+
+
 QUIET = ["log.progress=false", "log.tensorboard=false", "log.sample_every=0", "eval.steps=1", "eval.num_samples=64"]
 
 

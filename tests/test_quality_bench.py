@@ -40,6 +40,22 @@ def test_quick_study_writes_its_results_and_figures(tmp_path):
         with Image.open(figure) as image:
             assert image.format == "PNG" and image.size[0] > 300
 
+    # --merge: another seed's file joins this one (here the same numbers under seed 1); a repeated seed fails
+    other = {**results, "seeds": {"1": results["seeds"]["0"]}, "runs": {"1": results["runs"]["0"]}}
+    (tmp_path / "seed-1.json").write_text(json.dumps(other))
+    merge = [sys.executable, str(ROOT / "bench" / "quality.py"), "--out-dir", str(tmp_path / "merged"), "--merge"]
+    run = subprocess.run([*merge, str(path), str(tmp_path / "seed-1.json")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (merged_path,) = (tmp_path / "merged").glob("quality-digits-*.json")
+    merged = json.loads(merged_path.read_text())
+    assert set(merged["seeds"]) == {"0", "1"} and "2 seed(s)" in merged["table"]
+    fd = results["seeds"]["0"]["2.0"]["imm"]["imm"]["1"]["fd"]
+    assert f"| 2 s | {fd:.2f} ({fd:.2f}-{fd:.2f}) |" in merged["table"]
+    assert merged["figures"]["samples"] == results["figures"]["samples"]
+    assert all(Path(f).exists() for f in merged["figures"].values())
+    run = subprocess.run([*merge, str(path), str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "repeats seed(s) ['0']" in run.stderr
+
 
 def test_quick_ablation_trains_every_variant_for_the_same_steps_and_draws_the_bars(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--ablation", "particles", "--quick",
@@ -78,3 +94,17 @@ def test_equal_time_speeds_come_from_one_shared_load_scaled_by_the_side_by_side_
     speeds = ablation.equal_load_speeds("digits", jobs, 200)
     assert calls == [sorted(jobs), ["fm", "imm"]]
     assert speeds == {"imm": 10.0, "imm-wide": 5.0, "fm": 14.0, "fm-wide": 6.0}
+
+
+def test_an_ablation_reuses_an_equal_time_studys_speeds_only_where_steps_are_equal():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ablation
+    import pytest
+
+    study = {"imm": 13.9, "flow_matching": 18.6}
+    jobs = {"m-4-preset": [], "m-1": ["method.particles=1"], "fm": ablation.FM}
+    assert ablation.stored_speeds(study, jobs, "steps") == {"m-4-preset": 13.9, "m-1": 13.9, "fm": 18.6}
+    own = {"m-4-preset": 12.0, "m-1": 11.0, "fm": 17.0, "other": 1.0}
+    assert ablation.stored_speeds(own, jobs, "time") == {"m-4-preset": 12.0, "m-1": 11.0, "fm": 17.0}
+    with pytest.raises(SystemExit, match="no speed for fm, m-1, m-4-preset"):
+        ablation.stored_speeds(study, jobs, "time")
