@@ -57,3 +57,12 @@ def tiny_config(*overrides):
     from imm_ext.train import apply_overrides, get_preset
 
     return apply_overrides(get_preset("toy2d"), [*TINY, *overrides])
+
+
+def wrap_training_loss(monkeypatch, wrap):
+    """Every following run (either method) trains with wrap(loss_fn), loss_fn its method's own loss:
+    the tests' hook into the steps of a real run."""
+    from imm_ext.train import methods
+
+    for cls in methods.TRAINING_METHODS.values():
+        monkeypatch.setattr(cls, "loss", lambda self, real=cls.loss: wrap(real(self)))

@@ -7,7 +7,9 @@ import torch
 
 from imm_ext.train import (TRAINING_PRESETS, ConfigError, TrainingConfig, apply_overrides, config_from_dict,
                            dump_config, get_preset, load_config, parse_config)
+from imm_ext.method.flow_matching import FlowMatchingLoss
 from imm_ext.train.config import FP16_MIN_GAP, with_precision_defaults
+from imm_ext.train.methods import training_method
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING_PRESETS))
@@ -109,8 +111,10 @@ def test_flow_matching_reads_the_network_as_euler_fm():
     """The digits recipe trains IMM with Simple-EDM; its flow-matching baseline trains the same network
     as an Euler-FM velocity on the "fm" path."""
     method = apply_overrides(get_preset("digits"), ["method.kind=flow_matching"]).validate().method
-    assert get_preset("digits").method.imm_preset().f_type == "simple_edm"
-    assert method.imm_preset().f_type == "euler_fm" and method.imm_preset().schedule == "fm"
+    assert training_method(get_preset("digits").method).preset.f_type == "simple_edm"
+    flow_matching = training_method(method)
+    assert flow_matching.preset.f_type == "euler_fm" and flow_matching.preset.schedule == "fm"
+    assert isinstance(method.loss(), FlowMatchingLoss) and flow_matching.group_size == 1
     with pytest.raises(ConfigError, match="method.schedule"):
         apply_overrides(get_preset("digits"), ["method.kind=flow_matching", "method.schedule=vp_cosine"]).validate()
 
@@ -118,7 +122,7 @@ def test_flow_matching_reads_the_network_as_euler_fm():
 def test_the_weighting_can_be_switched_off():
     """method.weighting=none trains with w(s, t) = 1, the first row of the paper's Table 4 ablation."""
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-    plain = apply_overrides(get_preset("digits"), ["method.weighting=none"]).validate().method.imm_preset().loss()
+    plain = apply_overrides(get_preset("digits"), ["method.weighting=none"]).validate().method.loss()
     assert torch.equal(plain.weighting(t), torch.ones_like(t))
-    weighted = get_preset("digits").method.imm_preset().loss()
+    weighted = get_preset("digits").method.loss()
     assert not torch.allclose(weighted.weighting(t), torch.ones_like(t))

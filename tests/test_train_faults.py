@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
     import io, json, os, pathlib, signal, sys
     import torch
     from imm_ext.train import Trainer
-    from imm_ext.train import run_log, trainer
+    from imm_ext.train import methods, run_log
     from imm_ext.train.checkpoint import checkpoint_name
     sys.path.insert(0, {tests!r})
     from conftest import tiny_config
@@ -66,10 +66,10 @@ CHILD = textwrap.dedent("""
         if point == "rotation" and state["writing"]:
             die()
 
-    real_objective, calls = trainer.objective, iter(range(10 ** 6))
+    real_loss, calls = methods.IMMTraining.loss, iter(range(10 ** 6))
 
-    def objective(method):
-        loss_fn = real_objective(method)
+    def loss(self):
+        loss_fn = real_loss(self)
         def wrapped(*args):
             if point == "mid-step" and next(calls) == 2 * (at - start) + 1:  # step at's second micro-batch
                 die()
@@ -89,7 +89,7 @@ CHILD = textwrap.dedent("""
         return real_record(self, step, values)
 
     torch.save, os.replace, pathlib.Path.unlink = save, replace, unlink
-    trainer.objective, run_log.RunLog.record = objective, record
+    methods.IMMTraining.loss, run_log.RunLog.record = loss, record
     Trainer(tiny_config(*{overrides!r}), run_dir=run_dir, resume="auto").run()
 """)
 

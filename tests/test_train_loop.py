@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from imm_ext.train import Trainer, TrainingDiverged
-from imm_ext.train import trainer as trainer_module
 from imm_ext.models import load_model
 from imm_ext.train.checkpoint import load_checkpoint
 
-from conftest import tiny_config
+from conftest import tiny_config, wrap_training_loss
 
 def final_weights(run_dir):
     state = load_checkpoint(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1])
@@ -66,11 +65,9 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
-    real_objective = trainer_module.objective
     poisoned_calls = set()
 
-    def poisoned(method, bad_calls):
-        loss_fn = real_objective(method)
+    def poisoned(loss_fn, bad_calls):
         calls = iter(range(10 ** 6))
 
         def wrapped(model, x, labels, generator):
@@ -83,12 +80,12 @@ def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
         return wrapped
 
     # Micro-batch calls 2 and 3 belong to step 2 (two micro-batches per step): one skipped step.
-    monkeypatch.setattr(trainer_module, "objective", lambda method: poisoned(method, {2, 3}))
+    wrap_training_loss(monkeypatch, lambda loss_fn: poisoned(loss_fn, {2, 3}))
     before = Trainer(tiny_config(), run_dir=tmp_path / "a").run()
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["skipped_steps"] == 1 and before.step == 6
 
-    monkeypatch.setattr(trainer_module, "objective", lambda method: poisoned(method, {"all"}))
+    wrap_training_loss(monkeypatch, lambda loss_fn: poisoned(loss_fn, {"all"}))
     with pytest.raises(TrainingDiverged, match="not finite for 3 steps in a row"):
         Trainer(tiny_config("train.max_nonfinite=3"), run_dir=tmp_path / "b").run()
 

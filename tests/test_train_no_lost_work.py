@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from imm_ext.train import Trainer, TrainingDiverged
-from imm_ext.train import trainer as trainer_module
 from imm_ext.train.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, save_atomic,
                                       save_checkpoint)
 from imm_ext.train.config import ConfigError
 from imm_ext.train.run_directory import RunDirectoryBusy, RunDirectoryLock
 from imm_ext.train.run_log import LogError, read_log
 
-from conftest import tiny_config
+from conftest import tiny_config, wrap_training_loss
 
 
 def names(run_dir):
@@ -28,10 +27,8 @@ def names(run_dir):
 
 def poison_steps(monkeypatch, bad_steps, micro_batches=2):
     """Make the loss NaN on the given (1-based) steps of every following run."""
-    real_objective = trainer_module.objective
-
-    def poisoned(method):
-        loss_fn, calls = real_objective(method), iter(range(10 ** 6))
+    def poisoned(loss_fn):
+        calls = iter(range(10 ** 6))
 
         def wrapped(model, x, labels, generator):
             loss, diagnostics = loss_fn(model, x, labels, generator)
@@ -40,7 +37,7 @@ def poison_steps(monkeypatch, bad_steps, micro_batches=2):
             return loss, diagnostics
         return wrapped
 
-    monkeypatch.setattr(trainer_module, "objective", poisoned)
+    wrap_training_loss(monkeypatch, poisoned)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""From a TrainingConfig to the objects a run uses: datasets, the network and its parametrisation, the
-objective, the optimiser and the samplers. The training loop, `imm-ext sample` and `imm-ext eval` all
+"""From a TrainingConfig to the objects a run uses: datasets, the network and its parametrisation and the
+optimiser (the objective and the samplers come from the method object, train/methods.py). The training loop, `imm-ext sample` and `imm-ext eval` all
 build through here, so a checkpoint rebuilds exactly the network it was trained with."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from .. import models
-from ..method import IMMParametrization, IMMSampler
-from ..method.flow_matching import flow_matching_sampler
+from ..method import IMMParametrization
 from .config import ConfigError, DataConfig, MethodConfig, ModelConfig, OptimizerConfig
+from .methods import training_method
 
 
 @dataclass(frozen=True)
@@ -86,17 +86,7 @@ def build_network(kind: str, arguments: Dict[str, Any]) -> nn.Module:
 
 def parametrize(network: nn.Module, method: MethodConfig, info: DataInfo) -> IMMParametrization:
     """f_{s,t} around G; the null label (guidance, label dropout) is index num_classes."""
-    return method.imm_preset().parametrization(network, null_label=info.num_classes if info.num_classes else None)
-
-
-def objective(method: MethodConfig):
-    """IMMLoss or FlowMatchingLoss: called as objective(model, x, labels, generator) -> (loss, diagnostics)."""
-    return method.imm_preset().loss() if method.kind == "imm" else method.flow_matching_loss()
-
-
-def particles_per_group(method: MethodConfig) -> int:
-    """The size of the batch unit no micro-batch may split (M for IMM, 1 for flow matching)."""
-    return method.particles if method.kind == "imm" else 1
+    return training_method(method).parametrization(network, null_label=info.num_classes if info.num_classes else None)
 
 
 def build_optimizer(parameters, config: OptimizerConfig) -> torch.optim.Optimizer:
@@ -111,14 +101,4 @@ def learning_rate(config: OptimizerConfig, step: int) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     return config.lr
 
-
-def build_sampler(method: MethodConfig, model: IMMParametrization, steps: int,
-                  guidance: Optional[float] = None) -> IMMSampler:
-    """The few-step sampler of the trained method: IMM pushforward on the preset's grid, or the
-    flow-matching ODE solver (method.fm_solver) from fm_t_max to fm_t_min."""
-    guidance = method.guidance if guidance is None else guidance
-    if method.kind == "imm":
-        return method.imm_preset().sampler(model, steps=steps, guidance=guidance)
-    return flow_matching_sampler(model, steps, method.fm_solver, eps_t=method.fm_t_min, T=method.fm_t_max,
-                                 guidance=guidance)
 

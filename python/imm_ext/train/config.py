@@ -4,8 +4,9 @@ Sections (each field is a YAML key and a command-line override `section.field=va
 
 - data: which dataset, where, and how batches are drawn.
 - model: which network (imm_ext.models.build kind, an optional DiT preset, extra constructor options).
-- method: "imm" or "flow_matching"; the IMM fields are those of `imm_ext.method.IMMPreset`
-  (MethodConfig extends it, so `config.method.loss()` and `.sampler()` build the method directly).
+- method: "imm" or "flow_matching"; the IMM fields are those of `imm_ext.method.IMMPreset`, which
+  MethodConfig extends; `training_method(config.method)` (train/methods.py) builds either method, and
+  `config.method.loss()`, `.sampler()` and `.parametrization()` build through it.
 - optimizer: AdamW / RAdam / Adam, learning rate with optional linear warmup, optional gradient clipping.
 - train: steps, batch sizes, seed, device, precision, EMA, non-finite guard, distributed timeout.
 - log: run directory, logging / sample / checkpoint intervals, checkpoints kept.
@@ -19,16 +20,15 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Optional, Tuple
 
-from ..method.flow_matching import FM_SOLVERS, FlowMatchingLoss
+from ..method.flow_matching import FM_SOLVERS
 from ..method.presets import IMMPreset
 from ..method.weighting import WEIGHTING_KINDS
+from .methods import FP16_MIN_GAP, TRAINING_METHODS, training_method
 
-METHOD_KINDS = ("imm", "flow_matching")
+METHOD_KINDS = tuple(TRAINING_METHODS)
 OPTIMIZERS = ("adamw", "radam", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-# App. I.6: below fp16 resolution near T, t - r must be kept at least this large.
-FP16_MIN_GAP = 1e-4
 MAX_LEARNING_RATE = 1e4  # optimizer.lr's upper bound (see _validate)
 
 
@@ -79,15 +79,15 @@ class MethodConfig(IMMPreset):
     def from_preset(cls, preset: IMMPreset, **changes) -> "MethodConfig":
         return cls(**{**{f.name: getattr(preset, f.name) for f in fields(IMMPreset)}, **changes})
 
-    def imm_preset(self) -> IMMPreset:
-        """The IMM settings alone, with the Euler-FM parametrisation forced for flow matching."""
-        preset = IMMPreset(**{f.name: getattr(self, f.name) for f in fields(IMMPreset)})
-        if self.kind == "flow_matching":
-            preset = replace(preset, schedule="fm", f_type="euler_fm")
-        return preset
+    # IMMPreset's builders, for the method `kind` names (flow matching included).
+    def parametrization(self, network, null_label: Optional[int] = None):
+        return training_method(self).parametrization(network, null_label)
 
-    def flow_matching_loss(self) -> FlowMatchingLoss:
-        return FlowMatchingLoss(self.fm_t_min, self.fm_t_max, self.label_dropout)
+    def loss(self):
+        return training_method(self).loss()
+
+    def sampler(self, model, steps: Optional[int] = None, guidance: Optional[float] = None):
+        return training_method(self).sampler(model, steps, guidance)
 
 
 @dataclass(frozen=True)
@@ -242,29 +242,13 @@ def _validate(config: TrainingConfig) -> None:
 def _check_method(method: MethodConfig) -> None:
     """Build the objective once: the method's own checks name the offending setting."""
     try:
-        if method.kind == "imm":
-            method.imm_preset().loss()
-            if method.discretization == "custom" or method.mid_eta is not None:
-                method.imm_preset().sampler(_Identity())
-        else:
-            if method.schedule != "fm":
-                _fail("method.schedule", f"flow matching runs on the 'fm' path; got {method.schedule!r}")
-            method.flow_matching_loss()
+        training_method(method).check()
     except (TypeError, ValueError) as error:
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"method: {error}") from None
+        raise ConfigError(str(error) if str(error).startswith("method.") else f"method: {error}") from None
     _finite("method.sigma_data", method.sigma_data, 0.0, open_low=True)
     _positive_int("method.sampling_steps", method.sampling_steps)
     if method.guidance is not None:
         _finite("method.guidance", method.guidance)
-
-
-class _Identity:
-    """A stand-in jump model, only to let the sampler check its time grid."""
-
-    def __call__(self, x, t, s, labels=None, guidance=None):
-        return x
 
 
 def _check_loop(loop: LoopConfig, method: MethodConfig) -> None:
@@ -280,7 +264,7 @@ def _check_loop(loop: LoopConfig, method: MethodConfig) -> None:
     _finite("train.dist_timeout_s", loop.dist_timeout_s, 0.0, open_low=True)
     if loop.threads is not None:
         _positive_int("train.threads", loop.threads)
-    group = method.particles if method.kind == "imm" else 1
+    group = training_method(method).group_size
     if loop.batch_size % group:
         _fail("train.batch_size", f"must be a multiple of method.particles ({group}): every IMM group of M "
                                   f"particles stays in one micro-batch; got {loop.batch_size}")
@@ -292,8 +276,6 @@ def _check_loop(loop: LoopConfig, method: MethodConfig) -> None:
 
 
 def with_precision_defaults(config: TrainingConfig) -> TrainingConfig:
-    """fp16 IMM training needs the minimum t - r gap of App. I.6: a zero method.delta becomes 1e-4."""
-    if config.train.precision == "fp16" and config.method.kind == "imm" and config.method.delta == 0:
-        return replace(config, method=replace(config.method, delta=FP16_MIN_GAP))
-    return config
+    """The method's settings for the run's precision (fp16 IMM: the minimum t - r gap of App. I.6)."""
+    return replace(config, method=training_method(config.method).for_precision(config.train.precision))
 

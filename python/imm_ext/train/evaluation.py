@@ -11,9 +11,10 @@ import torch
 
 from ..method import IMMParametrization
 from .checkpoint import CheckpointError, load_checkpoint
-from .components import DataInfo, build_network, build_sampler, load_data, parametrize
+from .components import DataInfo, build_network, load_data, parametrize
 from .config_io import parse_config
 from .config import MethodConfig, TrainingConfig
+from .methods import training_method
 from .pictures import image_grid
 from .plots import scatter
 
@@ -37,7 +38,7 @@ def generate_batches(model: IMMParametrization, method: MethodConfig, info: Data
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         labels = sample_labels(info, count, generator)
-    sampler = build_sampler(method, model, steps, guidance)
+    sampler = training_method(method).sampler(model, steps, guidance)
     device = next(model.parameters()).device
     for start in range(0, count, batch_size):
         size = min(batch_size, count - start)

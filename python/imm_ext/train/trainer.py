@@ -54,12 +54,13 @@ from ..models import save_model
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, newest_good_checkpoint,
                          remove_orphaned_temporaries, resolve_resume, save_checkpoint)
 from .components import (DataInfo, build_network, build_optimizer, data_info, learning_rate, load_data,
-                         network_arguments, objective, parametrize, particles_per_group)
+                         network_arguments, parametrize)
 from .config import ConfigError, TrainingConfig, with_precision_defaults
 from .config_io import dump_config, parse_config
 from .ema import EMA
 from .evaluation import (Metrics, evaluate_steps, generate, grid_labels, metrics_table, real_samples,
                          save_samples_picture, write_metrics)
+from .methods import training_method
 from .plots import loss_curve
 from .precision import configure_precision, grad_scaler, wrap_network
 from .resume_check import check_resume
@@ -158,12 +159,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def _run(self, context: distributed.DistributedContext) -> TrainResult:
         config, device = self.config, context.device
-        loop, method = config.train, config.method
+        loop, method = config.train, training_method(config.method)
         if loop.threads:
             torch.set_num_threads(loop.threads)
 
         # 1. Batch geometry: the global batch is split over ranks, then into micro-batches of whole groups.
-        group = particles_per_group(method)
+        group = method.group_size
         if loop.batch_size % (context.world_size * group):
             raise ConfigError(f"train.batch_size: {loop.batch_size} must split into whole groups of {group} over "
                               f"{context.world_size} ranks (a multiple of {context.world_size * group})")
@@ -191,11 +192,11 @@ class Trainer:
         if context.enabled:
             ddp = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
             trained = ddp
-        model = parametrize(trained, method, info)
+        model = parametrize(trained, config.method, info)
         ema = EMA(network, loop.ema_decay, loop.ema_warmup)
         optimizer = build_optimizer(network.parameters(), config.optimizer)
         scaler = grad_scaler(loop.precision, device)
-        loss_fn = objective(method)
+        loss_fn = method.loss()
         generator = torch.Generator(device=device).manual_seed(rank_seed(loop.seed, context.rank))
 
         # 4. Resume: everything above comes back as it was after the checkpoint's step.
