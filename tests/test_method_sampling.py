@@ -174,6 +174,32 @@ def test_same_seed_same_samples_and_different_seed_different(method):
 
 
 @pytest.mark.parametrize("method", ["pushforward", "restart"])
+def test_an_external_loop_of_steps_reproduces_sample(method):
+    """step() is the loop body of sample(): the same noise in the same order gives the same samples."""
+    sampler = IMMSampler(ExactGaussianJump(), sampling_times(4), method=method)
+    generator = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        x = SIGMA_DATA * torch.randn((8, 3), generator=generator, dtype=torch.float64)
+        for i in range(sampler.steps):
+            fresh = torch.randn((8, 3), generator=generator, dtype=torch.float64) if (
+                method == "restart" and i < sampler.steps - 1) else None
+            x = sampler.step(x, i, noise=fresh)
+    assert torch.equal(x, sampler.sample((8, 3), seed=5))
+
+
+def test_step_refuses_an_index_or_noise_that_does_not_fit():
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    pushforward = IMMSampler(ExactGaussianJump(), sampling_times(2))
+    with pytest.raises(ValueError, match=r"i must lie in \[0, 2\)"):
+        pushforward.step(x, 2)
+    restart = IMMSampler(ExactGaussianJump(), sampling_times(2), method="restart")
+    with pytest.raises(ValueError, match="needs fresh noise"):
+        restart.step(x, 0)
+    with pytest.raises(ValueError, match="takes no noise"):
+        restart.step(x, 1, noise=torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("method", ["pushforward", "restart"])
 def test_trajectory_has_one_state_per_step_and_ends_at_the_output(method):
     samples, trajectory = IMMSampler(ExactGaussianJump(), sampling_times(4), method=method).sample(
         (8, 3), seed=3, return_trajectory=True)

@@ -261,25 +261,36 @@ class IMMSampler:
             draw_device = device if source is None else source.device
             return torch.randn(shape, generator=source, device=draw_device, dtype=dtype).to(device)
 
-        times = self.times.to(device)
-        eps_t = times[-1]
         trajectory = []
         with torch.inference_mode():
             x = self.sigma_data * noise()
             for i in range(self.steps):
-                t_now, t_next = times[i], times[i + 1]
-                if self.method == "pushforward":
-                    x = self._jump(x, t_now, t_next, labels)
-                else:
-                    denoised = self._jump(x, t_now, eps_t, labels)
-                    if i == self.steps - 1:
-                        x = denoised
-                    else:
-                        alpha, sigma = self.schedule.alpha(t_next).to(dtype), self.schedule.sigma(t_next).to(dtype)
-                        x = alpha * denoised + sigma * (self.sigma_data * noise())
+                renoise = self.method == "restart" and i < self.steps - 1
+                x = self.step(x, i, labels, noise() if renoise else None)
                 if return_trajectory:
                     trajectory.append(x)
         return (x, trajectory) if return_trajectory else x
+
+    def step(self, x: torch.Tensor, i: int, labels: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One step of the loop `sample` runs, from x at times[i] to times[i + 1] (0 <= i < steps):
+        pushforward x <- f_{t_{i+1}, t_i}(x); restart x~ = f_{eps_t, t_i}(x), re-noised to t_{i+1} with
+        `noise` ~ N(0, I) shaped like x (None on the last step, which returns x~). Call it under
+        torch.inference_mode() with labels checked as `sample` does; the seam for an external loop."""
+        if not 0 <= i < self.steps:
+            raise ValueError(f"i must lie in [0, {self.steps}) for a {self.steps}-step sampler; got {i}")
+        times = self.times.to(x.device)
+        if self.method == "pushforward":
+            return self._jump(x, times[i], times[i + 1], labels)
+        denoised = self._jump(x, times[i], times[-1], labels)
+        if noise is None:
+            if i < self.steps - 1:
+                raise ValueError("restart needs fresh noise to re-noise to times[i + 1] before the last step")
+            return denoised
+        if i == self.steps - 1:
+            raise ValueError("the last restart step returns x~ and takes no noise")
+        alpha, sigma = self.schedule.alpha(times[i + 1]).to(x.dtype), self.schedule.sigma(times[i + 1]).to(x.dtype)
+        return alpha * denoised + sigma * (self.sigma_data * noise.to(x.dtype))
 
     def _jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """f_{s,t}(x) from the model, checked for shape and cast to the state's dtype."""
