@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from ..ops.checks import require_all
 from ..ops.options import check_choice
 from .arguments import TimeLike, as_float64, check_finite_real, check_time_bounds
 from .schedules import NoiseSchedule, ScheduleLike, get_schedule
@@ -129,10 +130,8 @@ class RMapping:
             s, t = torch.broadcast_tensors(s, t)
         except RuntimeError:
             raise ValueError(f"s and t must broadcast; got shapes {tuple(s.shape)} and {tuple(t.shape)}") from None
-        if not bool(((s >= 0) & (t <= 1)).all()):
-            raise ValueError("s and t must lie in [0, 1]")
-        if bool((s > t).any()):
-            raise ValueError("s must be <= t elementwise (r(s, t) steps from t towards s)")
+        require_all((s >= 0) & (t <= 1), "s and t must lie in [0, 1]")
+        require_all(s <= t, "s must be <= t elementwise (r(s, t) steps from t towards s)")
         target = self._progress(t) - self.step
         # The largest float64 below t keeps r < t when the step is below t's float64 spacing.
         upper = torch.nextafter(t, torch.full_like(t, -math.inf))

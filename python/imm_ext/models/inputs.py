@@ -5,6 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..ops.checks import require_all
+
 
 def check_model_inputs(x: torch.Tensor, c_t: torch.Tensor, c_s: torch.Tensor, labels: Optional[torch.Tensor],
                        data_shape: Tuple[int, ...], num_classes: int) -> None:
@@ -34,6 +36,5 @@ def check_model_inputs(x: torch.Tensor, c_t: torch.Tensor, c_s: torch.Tensor, la
         raise TypeError("labels must be an int32 or int64 tensor of class indices")
     if labels.shape != (batch,):
         raise ValueError(f"labels must have shape (B,) with B = {batch}, x's batch size; got {tuple(labels.shape)}")
-    if not torch.compiler.is_compiling() and batch and (labels.min() < 0 or labels.max() > num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} is the null class); got values in "
-                         f"[{labels.min().item()}, {labels.max().item()}]")
+    require_all((labels >= 0) & (labels <= num_classes),
+                f"labels must lie in [0, {num_classes}] ({num_classes} is the null class)")

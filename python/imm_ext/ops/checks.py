@@ -5,7 +5,7 @@ kernels, `_check_*` in attention_ops.py, conditioning_ops.py, activation_ops.py 
 interpolant_ops.py); those functions run inside the custom ops' bodies, so they hold for direct
 `torch.ops.imm_ext.*` calls and under torch.compile as well as for the public functions. They are
 built from the helpers here, which look only at metadata (no host-device synchronisation), except
-`check_finite_values`, which reads a tensor's values (on a GPU without waiting for them).
+`require_all` and `check_finite_values`, which read a tensor's values (on a GPU without waiting for them).
 
 Scalars are checked in the dtype the kernel computes with: a Python float that is fine in float64
 can round to 0 or overflow to inf in float32.
@@ -96,22 +96,33 @@ def check_scalar(name: str, value, dtype: torch.dtype, *, minimum: Optional[floa
     return float(value)
 
 
-def check_finite_values(name: str, t: torch.Tensor, *, positive: bool = False) -> None:
-    """Every value of t finite (and > 0 with positive=True). Call it inside op bodies, which run with
-    real tensors in every mode; meta and fake tensors (fake kernels, tracing) have no values.
+def require_all(ok: torch.Tensor, message: str) -> None:
+    """ValueError(message) unless every element of the boolean tensor `ok` is true.
 
-    On the CPU a bad value raises ValueError at once. On a GPU reading the verdict back would stall the
-    stream on every call (a host-device synchronisation per training step), so the check is queued on
-    the device instead (torch._assert_async): a bad value fails the next synchronising call with a
-    device-side assertion, never a silent NaN."""
+    On the CPU a false element raises at once. On a GPU reading the verdict back would stall the stream
+    (a host-device synchronisation per training step), so the check is queued on the device instead
+    (torch._assert_async): a false element fails the next synchronising call with a device-side
+    assertion, never a silent NaN. Under torch.compile the assertion is part of the graph on every
+    device (a RuntimeError naming the message), so the check neither vanishes nor breaks the graph.
+    Meta and fake tensors outside a compiled graph (fake kernels) have no values."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), message)
+        return
+    if ok.device.type == "meta" or ok.numel() == 0 or is_fake(ok):
+        return
+    if ok.device.type != "cpu":
+        torch._assert_async(ok.all(), message)
+    elif not bool(ok.all()):
+        raise ValueError(message)
+
+
+def check_finite_values(name: str, t: torch.Tensor, *, positive: bool = False) -> None:
+    """Every value of t finite (and > 0 with positive=True), through require_all. Call it inside op
+    bodies, which run with real tensors in every mode."""
     if t.device.type == "meta" or t.numel() == 0 or is_fake(t):
         return
     ok = torch.isfinite(t)
     if positive:
         ok &= t > 0
-    message = (f"{name} must be {'positive and ' if positive else ''}finite "
-               f"(in {str(t.dtype).removeprefix('torch.')}, the dtype it is used in)")
-    if t.device.type != "cpu":
-        torch._assert_async(ok.all(), message)
-    elif not bool(ok.all()):
-        raise ValueError(message)
+    require_all(ok, f"{name} must be {'positive and ' if positive else ''}finite "
+                    f"(in {str(t.dtype).removeprefix('torch.')}, the dtype it is used in)")
