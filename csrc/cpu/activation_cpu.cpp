@@ -11,6 +11,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "../common/activation.h"
@@ -27,7 +28,6 @@ namespace {
 constexpr int64_t kBlock = 1024;          // elements per work item (a multiple of every register width)
 constexpr int64_t kGrain = int64_t(1) << 15;  // elements per thread, at least
 
-inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // out[i] = op(a[i]) (or op(a[i], b[i]) when b is given) for i < n, all in the accumulation type T.
 template <class T, class Op>
@@ -67,11 +67,11 @@ void elementwise(int64_t n, const In* a, const In* b, In* out, int threads, Op o
   advise_huge_pages(out, static_cast<std::size_t>(n) * sizeof(In));
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const int64_t useful = n / kGrain;
-  const int nthreads = static_cast<int>(min_of(min_of(threads, blocks), useful > 1 ? useful : 1));
+  const int nthreads = static_cast<int>(std::min<int64_t>(std::min<int64_t>(threads, blocks), useful > 1 ? useful : 1));
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t block = 0; block < blocks; ++block) {
     const int64_t first = block * kBlock;
-    apply_block(a + first, b ? b + first : nullptr, out + first, min_of(kBlock, n - first), op);
+    apply_block(a + first, b ? b + first : nullptr, out + first, std::min<int64_t>(kBlock, n - first), op);
   }
 }
 

@@ -22,6 +22,7 @@
 // dV of the key block in local tiles, dQ in a per-head buffer: deterministic, no atomics.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../common/attention.h"
@@ -44,7 +45,6 @@ constexpr int64_t kItemsPerThread = 4;      // forward work items per thread, at
 constexpr int64_t kBackwardKeyBlock = 64;   // keys whose dK and dV tiles stay in cache
 constexpr int64_t kBackwardQueryBlock = 8 * kRows;  // queries per dK, dV update
 
-inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Packed sizes for one head in accumulation type T.
@@ -156,7 +156,7 @@ void pack_transposed(const HeadTensor& x, int64_t b, int64_t h, const HeadLayout
   constexpr int P = HeadLayout<T>::panel;
   const In* keys = x.row<const In>(b, h, 0);
   for (int64_t j0 = 0; j0 < layout.kv_len; j0 += P) {
-    const int valid = static_cast<int>(min_of(P, layout.kv_len - j0));
+    const int valid = static_cast<int>(std::min<int64_t>(P, layout.kv_len - j0));
     T* panel = dst + (j0 / P) * layout.dim * P;
     for (int64_t d = 0; d < layout.dim; ++d) {
       T* out = panel + d * P;
@@ -210,7 +210,7 @@ class ForwardRunner {
   void run() {
     const int64_t heads = shape_.batch * shape_.heads;
     const int64_t groups = ceil_div(shape_.q_len, kRows);
-    const int64_t parts = min_of(groups, ceil_div(kItemsPerThread * threads_, heads));
+    const int64_t parts = std::min<int64_t>(groups, ceil_div(kItemsPerThread * threads_, heads));
     const int64_t items = heads * parts;
     const int64_t kt_size = layout_.transposed_size(), v_size = layout_.rows_size(shape_.kv_len);
     const T scale = static_cast<T>(shape_.scale);
@@ -226,7 +226,7 @@ class ForwardRunner {
       pack_transposed<In>(task_.k, b, h, layout_, scale, kt);
       pack_rows<In>(task_.v, b, h, shape_.kv_len, layout_, T(1), v);
       for (int64_t g = part * groups / parts; g < (part + 1) * groups / parts; ++g)
-        query_rows(head, g * kRows, static_cast<int>(min_of(kRows, shape_.q_len - g * kRows)), kt, v);
+        query_rows(head, g * kRows, static_cast<int>(std::min<int64_t>(kRows, shape_.q_len - g * kRows)), kt, v);
     }
   }
 
@@ -249,7 +249,7 @@ class ForwardRunner {
       l[r] = T(0);
     }
     for (int64_t j0 = 0; j0 < shape_.kv_len; j0 += kForwardKeyBlock) {
-      const int64_t n = min_of(kForwardKeyBlock, shape_.kv_len - j0);
+      const int64_t n = std::min<int64_t>(kForwardKeyBlock, shape_.kv_len - j0);
       for (int64_t p = 0; p < ceil_div(n, P); ++p)
         panel_products(q, dim, rows, kt + (j0 / P + p) * dim * P, dim, s + p * P, kForwardKeyBlock);
       for (int r = 0; r < rows; ++r) online_softmax_step(s + r * kForwardKeyBlock, n, m[r], l[r], o + r * pd);
@@ -390,12 +390,12 @@ class BackwardRunner {
     const T* lse = static_cast<const T*>(task_.lse) + (b * shape_.heads + h) * tq;
 
     for (int64_t j0 = 0; j0 < tk; j0 += kBackwardKeyBlock) {
-      const int64_t keys = min_of(kBackwardKeyBlock, tk - j0);
+      const int64_t keys = std::min<int64_t>(kBackwardKeyBlock, tk - j0);
       for (int64_t e = 0; e < kBackwardKeyBlock * pd; ++e) s.grad_k[e] = s.grad_v[e] = T(0);
       for (int64_t i0 = 0; i0 < tq; i0 += kBackwardQueryBlock) {
-        const int64_t queries = min_of(kBackwardQueryBlock, tq - i0);
+        const int64_t queries = std::min<int64_t>(kBackwardQueryBlock, tq - i0);
         for (int64_t g = 0; g < queries; g += kRows) {
-          const int rows = static_cast<int>(min_of(kRows, queries - g));
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, queries - g));
           const int64_t i = i0 + g;
           T* p = s.p + g * kBackwardKeyBlock;
           T* ds = s.ds + g * kBackwardKeyBlock;
@@ -412,7 +412,7 @@ class BackwardRunner {
         }
         // dV += P^T dO and dK += dS^T Q over this query block, kRows keys at a time.
         for (int64_t j = 0; j < keys; j += kRows) {
-          const int rows = static_cast<int>(min_of(kRows, keys - j));
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, keys - j));
           accumulate_rows(s.p + j, 1, kBackwardKeyBlock, rows, queries, s.grad_out + i0 * pd, pd, s.grad_v + j * pd,
                           pd, pd);
           accumulate_rows(s.ds + j, 1, kBackwardKeyBlock, rows, queries, s.q + i0 * pd, pd, s.grad_k + j * pd, pd, pd);
@@ -437,7 +437,7 @@ class BackwardRunner {
   // in place; both are zero from n up to the next vector end.
   static void softmax_gradient_row(T* p, T* ds, int64_t n, T lse, T delta) {
     for (int64_t j = 0; j < n; j += L) {
-      const int valid = static_cast<int>(min_of(L, n - j));
+      const int valid = static_cast<int>(std::min<int64_t>(L, n - j));
       const V prob = lanes_below<T>(softmax_numerator<V, T>(SV::load(p + j), lse), valid, T(0));
       SV::store(p + j, prob);
       SV::store(ds + j, softmax_backward<V, T>(prob, SV::load(ds + j), delta));

@@ -14,6 +14,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 #include "memory_hints.h"
 
 #ifndef IMM_CPU_ISA
@@ -23,7 +25,6 @@
 namespace imm::cpu::IMM_CPU_ISA {
 namespace {
 
-inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Threads worth waking for `items` work items of about `work` element operations each: at least
 // kGrain operations per thread (a small op, such as the time embedding of a batch, runs on one).
@@ -32,7 +33,7 @@ constexpr int64_t kTranscendentalWork = 8;  // an exp, cos or sin, in element op
 
 int thread_count(int threads, int64_t items, int64_t work) {
   const int64_t useful = (items * work + kGrain - 1) / kGrain;
-  const int64_t count = min_of(min_of(threads, items), useful);
+  const int64_t count = std::min<int64_t>(std::min<int64_t>(threads, items), useful);
   return count > 1 ? static_cast<int>(count) : 1;
 }
 
@@ -137,7 +138,7 @@ void norm_modulate_backward_typed(ConditioningShape shape, int64_t chunk_tokens,
   for (int64_t item = 0; item < items; ++item) {
     const int64_t b = item / chunks;
     const int64_t t0 = (item % chunks) * chunk_tokens;
-    const int64_t t1 = min_of(shape.tokens, t0 + chunk_tokens);
+    const int64_t t1 = std::min<int64_t>(shape.tokens, t0 + chunk_tokens);
     const In* sample_scale = scale + b * C;
     T* sum_grad = partials + item * 2 * C;  // -> grad_shift
     T* sum_grad_xhat = sum_grad + C;        // -> grad_scale
@@ -203,7 +204,7 @@ void gate_residual_backward_typed(ConditioningShape shape, int64_t chunk_tokens,
   for (int64_t item = 0; item < items; ++item) {
     const int64_t b = item / chunks;
     const int64_t t0 = (item % chunks) * chunk_tokens;
-    const int64_t t1 = min_of(shape.tokens, t0 + chunk_tokens);
+    const int64_t t1 = std::min<int64_t>(shape.tokens, t0 + chunk_tokens);
     const In* sample_gate = gate + b * C;
     T* sum_grad_y = partials + item * C;
 #pragma omp simd
@@ -238,10 +239,10 @@ void for_embedding_blocks(int64_t rows, int64_t dim, double log_max_period, int 
   const int nthreads = thread_count(threads, blocks, kEmbeddingRows * kTranscendentalWork * dim);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t block = 0; block < blocks; ++block) {
-    const int64_t n0 = block * kEmbeddingRows, n1 = min_of(rows, n0 + kEmbeddingRows);
+    const int64_t n0 = block * kEmbeddingRows, n1 = std::min<int64_t>(rows, n0 + kEmbeddingRows);
     double frequencies[kFrequencies];
     for (int64_t k0 = 0; k0 < half; k0 += kFrequencies) {
-      const int64_t k1 = min_of(half, k0 + kFrequencies);
+      const int64_t k1 = std::min<int64_t>(half, k0 + kFrequencies);
       for (int64_t k = k0; k < k1; ++k) frequencies[k - k0] = embedding_frequency(k, half, log_max_period);
       body(n0, n1, k0, k1, frequencies);
     }

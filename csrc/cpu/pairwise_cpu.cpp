@@ -16,6 +16,7 @@
 // the linker with the baseline build and run on a processor without AVX-512.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -35,7 +36,6 @@ constexpr int R = 4;             // rows sharing each column load (both layouts)
 constexpr int kWideCols = 4;     // columns per distance sweep (wide layout)
 constexpr int64_t kPanelChunk = 8;  // panels whose phi is kept while the gradient is accumulated
 
-inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 
 template <class In, KernelKind K_>
 class PairRunner {
@@ -43,7 +43,7 @@ class PairRunner {
 
  public:
   PairRunner(const PairTask& task, int threads) : task_(task), threads_(threads > 1 ? threads : 1) {
-    const int64_t min_cols = min_of(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
+    const int64_t min_cols = std::min<int64_t>(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
     narrow_ = task.dim <= kNarrowMaxDim && min_cols >= 16;
     const int num = task.num_bandwidths;
     T* inverse = inverse_bandwidth_.reserve(task.groups * num);
@@ -71,7 +71,7 @@ class PairRunner {
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / blocks_per_group;
       const int64_t i0 = (item % blocks_per_group) * rows_per_item;
-      const int64_t i1 = min_of(task_.n_rows, i0 + rows_per_item);
+      const int64_t i1 = std::min<int64_t>(task_.n_rows, i0 + rows_per_item);
       if (narrow_) {
         narrow_rows(g, i0, i1);
       } else {
@@ -152,7 +152,7 @@ class PairRunner {
     for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
       const int64_t n = task_.sets[s].n;
       for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
-        const int cols = static_cast<int>(min_of(kWideCols, n - j0));
+        const int cols = static_cast<int>(std::min<int64_t>(kWideCols, n - j0));
         const T* b[kWideCols];
         for (int c = 0; c < kWideCols; ++c) b[c] = column(s, j0 + (c < cols ? c : 0));
         V acc[R][kWideCols];
@@ -238,7 +238,7 @@ class PairRunner {
   }
 
   void wide_rows(int64_t g, int64_t i0, int64_t i1, T* scratch) {
-    for (int64_t i = i0; i < i1; i += R) wide_block(g, i, static_cast<int>(min_of(R, i1 - i)), scratch);
+    for (int64_t i = i0; i < i1; i += R) wide_block(g, i, static_cast<int>(std::min<int64_t>(R, i1 - i)), scratch);
   }
 
   // Columns of all sets, and the staged rows' share of a thread's scratch (rounded to whole SIMD
@@ -291,7 +291,7 @@ class PairRunner {
       for (int64_t q = 0; q < panels(n); ++q) {
         V s2[R];
         panel_distances(base + q * D * L, s2);
-        const int valid = static_cast<int>(min_of(L, n - q * L));
+        const int valid = static_cast<int>(std::min<int64_t>(L, n - q * L));
         for (int r = 0; r < rows; ++r) {
           const V v = pair_value<K_, V, T>(s2[r], p);
           if (matrix) {
@@ -329,11 +329,11 @@ class PairRunner {
       const int64_t n = set.n;
       const T* base = columns_[s] + g * panels(n) * D * L;
       for (int64_t q0 = 0; q0 < panels(n); q0 += kPanelChunk) {
-        const int chunk = static_cast<int>(min_of(kPanelChunk, panels(n) - q0));
+        const int chunk = static_cast<int>(std::min<int64_t>(kPanelChunk, panels(n) - q0));
         V phi[R][kPanelChunk];
         for (int c = 0; c < chunk; ++c) {
           const int64_t j0 = (q0 + c) * L;
-          const int valid = static_cast<int>(min_of(L, n - j0));
+          const int valid = static_cast<int>(std::min<int64_t>(L, n - j0));
           V s2[R];
           panel_distances(base + (q0 + c) * D * L, s2);
           for (int r = 0; r < R; ++r) {
@@ -364,7 +364,7 @@ class PairRunner {
 
   template <int DIM>
   void narrow_blocks(int64_t g, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i += R) narrow_block<DIM>(g, i, static_cast<int>(min_of(R, i1 - i)));
+    for (int64_t i = i0; i < i1; i += R) narrow_block<DIM>(g, i, static_cast<int>(std::min<int64_t>(R, i1 - i)));
   }
 
   void narrow_rows(int64_t g, int64_t i0, int64_t i1) {

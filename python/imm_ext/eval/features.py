@@ -28,9 +28,3 @@ def as_feature_pair(a_name: str, a, b_name: str, b, *, min_rows: int = 2):
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{a_name} and {b_name} must have the same feature dimension; got {a.shape[1]} and {b.shape[1]}")
     return a, b
-
-
-def check_positive_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-    return value

@@ -12,8 +12,8 @@ from typing import Union
 
 import torch
 
+from ..ops.checks import check_int
 from .feature_nets import FeatureNet, load_feature_net
-from .features import check_positive_int
 from .frechet import frechet_distance
 from .kid import kernel_inception_distance
 from .nearest_neighbours import density_coverage, precision_recall
@@ -55,8 +55,8 @@ def image_metrics(generated: torch.Tensor, real: torch.Tensor, feature_net: Unio
     net = load_feature_net(feature_net) if isinstance(feature_net, str) else feature_net
     if not isinstance(net, FeatureNet):
         raise TypeError(f"feature_net must be a FeatureNet or a feature net name; got {type(feature_net).__name__}")
-    check_positive_int("k", k)
-    check_positive_int("batch_size", batch_size)
+    check_int("k", k)
+    check_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0; got {seed!r}")
     generator = torch.Generator().manual_seed(seed)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .features import as_feature_pair, check_positive_int
+from ..ops.checks import check_int
+from .features import as_feature_pair
 
 
 _SUBSETS_PER_BATCH = 8
@@ -33,8 +34,8 @@ def kernel_inception_distance(generated, reference, *, subsets: int = 100, subse
     """Mean over `subsets` draws of the unbiased MMD^2 between subset_size rows of each set (drawn
     without replacement; subset_size is capped at the smaller set's size, which must be >= 2)."""
     x, y = as_feature_pair("generated", generated, "reference", reference)
-    check_positive_int("subsets", subsets)
-    check_positive_int("subset_size", subset_size, 2)
+    check_int("subsets", subsets)
+    check_int("subset_size", subset_size, 2)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int; got {seed!r}")
     if rescale:

@@ -11,7 +11,8 @@ from typing import Dict
 
 import torch
 
-from .features import as_feature_pair, check_positive_int
+from ..ops.checks import check_int
+from .features import as_feature_pair
 
 _ROWS_PER_CHUNK = 2048
 # Balls are closed. Distances come from matrix products, so the same pair's distance can differ in the
@@ -39,7 +40,7 @@ def _nearest_query_within(centres: torch.Tensor, radii: torch.Tensor, queries: t
 
 
 def _check(real, fake, k):
-    check_positive_int("k", k)
+    check_int("k", k)
     real, fake = as_feature_pair("real", real, "fake", fake, min_rows=k + 1)
     return real, fake
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .features import as_feature_pair, check_positive_int
+from ..ops.checks import check_int
+from .features import as_feature_pair
 
 
 def _quantiles(sorted_values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -17,7 +18,7 @@ def _quantiles(sorted_values: torch.Tensor, levels: torch.Tensor) -> torch.Tenso
 def sliced_wasserstein(a, b, projections: int = 256, seed: int = 0) -> float:
     """SW_2 between point sets a (N, D) and b (M, D), with `projections` directions drawn from `seed`."""
     a, b = as_feature_pair("a", a, "b", b, min_rows=1)
-    check_positive_int("projections", projections)
+    check_int("projections", projections)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int; got {seed!r}")
     directions = torch.randn(a.shape[1], projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

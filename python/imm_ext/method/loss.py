@@ -19,13 +19,13 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from ..ops import interpolant_pair, mmd_terms
-from ..ops.options import check_choice
+from ..ops.options import KERNELS, check_choice
 from .arguments import check_finite_real
 from .mapping import RMapping
 from .parametrization import IMMParametrization, c_out
 from .weighting import PriorWeighting
 
-LOSS_KERNELS = ("laplace", "gaussian", "energy", "imq")
+LOSS_KERNELS = KERNELS  # every kernel of imm_ext.mmd_loss
 # A group with s == t has c_out = 0 and would get an infinite inverse bandwidth (inf * 0 = NaN in
 # the gradient, §3.6 / §9.13); its outputs coincide (f_{t,t} = x), so any finite bandwidth gives it
 # a zero loss. This floor keeps the kernel finite.

@@ -6,12 +6,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-
-def check_int(name: str, value, low: int = 1) -> int:
-    """`value` if it is an int >= low (bool excluded), else a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-    return value
+from ..ops.checks import check_int
 
 
 def check_int_list(name: str, values, low: int = 1) -> list:
@@ -26,7 +21,7 @@ def seeded(seed: int) -> Iterator[None]:
     """Run a model's construction (and so its random initialisation) from the CPU generator seeded with
     `seed`, restoring the caller's generator state afterwards: same seed, same weights, whatever the
     global RNG state."""
-    check_int("seed", seed, low=0)
+    check_int("seed", seed, 0)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         yield

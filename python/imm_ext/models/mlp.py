@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.conditioning_ops import timestep_embedding_pair
+from ..nn.functional import timestep_embedding_pair
 from .construction import check_int, seeded
 from .inputs import check_model_inputs
 

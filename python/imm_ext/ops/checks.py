@@ -60,7 +60,8 @@ def check_real(name: str, value, what: str = "a real number") -> None:
         raise ValueError(f"{name} must be {what}; got {value!r}")
 
 
-def check_int(name: str, value, minimum: int) -> int:
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """`value` if it is an int >= minimum (bool excluded), else a ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {what}; got {value!r}")
