@@ -17,6 +17,7 @@ evaluations (Euler 50 or Heun 25).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -81,7 +82,7 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     steps = {job: max(1, int((speeds[job] if mode == "time" else base_speed) * budget)) for job in jobs}
     results = {"set": name, "dataset": dataset, "mode": mode, "budget_s": budget, "steps_per_s": speeds,
                "steps": steps, "samples": samples, "variants": {job: labels[job] for job in jobs},
-               "overrides": jobs, "seeds": {}, "runs": {}}
+               "overrides": jobs, "seeds": {}, "runs": {}, "command": sys.argv}
     with training_folder(runs_dir) as root:
         for seed in seeds:
             results["seeds"][str(seed)], results["runs"][str(seed)] = {}, {}

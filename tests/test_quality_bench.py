@@ -64,6 +64,7 @@ def test_quick_ablation_trains_every_variant_for_the_same_steps_and_draws_the_ba
     (path,) = tmp_path.glob("ablation-particles-digits-*.json")
     results = json.loads(path.read_text())
     assert results["mode"] == "steps" and list(results["variants"].values())[0] == "M=4 (preset)"
+    assert "--ablation" in results["command"] and "particles" in results["command"]
     assert len(set(results["steps"].values())) == 1  # the ablations change nothing that costs time
     assert {"method.particles=1", "method.particles=8"} <= {o for v in results["overrides"].values() for o in v}
     for job in results["variants"]:
