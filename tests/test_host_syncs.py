@@ -115,3 +115,31 @@ def test_out_of_range_labels_fail_under_compile_too():
     assert compiled(*inputs, torch.tensor([0, 10])).shape == (2, 1, 8, 8)
     with pytest.raises(RuntimeError, match="labels must lie in"):
         compiled(*inputs, torch.tensor([0, 11]))
+
+
+@pytest.mark.cuda
+def test_a_cuda_training_step_synchronises_once(tmp_path):
+    """The trainer's step reads back one thing, the verdict of its non-finite guard with the loss
+    (logged steps also read the diagnostics); sync debug mode warns once per synchronisation."""
+    import warnings
+
+    from imm_ext.train import Trainer
+    from conftest import tiny_config
+
+    seen = []
+
+    def on_step(trainer, step):
+        if step == 1:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+        seen.append(len(caught))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            Trainer(tiny_config("train.device=cuda", "log.log_every=100"), run_dir=tmp_path / "run",
+                    on_step=on_step).run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    per_step = [later - earlier for earlier, later in zip(seen[1:-2], seen[2:-1])]  # steps 3..5, none logged
+    assert per_step and all(count == 1 for count in per_step), per_step

@@ -263,7 +263,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 chunks = rank_batch // micro
                 loss_total = torch.zeros((), device=device)
-                diagnostics: Dict[str, float] = {}
+                diagnostics: Dict[str, torch.Tensor] = {}  # read back only on logged steps
                 for index in range(chunks):
                     part = slice(index * micro, (index + 1) * micro)
                     sync = ddp is None or index == chunks - 1
@@ -274,17 +274,19 @@ class Trainer:
                     loss_total += loss.detach() / chunks
                     for key, value in extra.items():
                         if isinstance(value, torch.Tensor) and value.numel() == 1:
-                            diagnostics[key] = diagnostics.get(key, 0.0) + float(value) / chunks
+                            diagnostics[key] = diagnostics.get(key, 0.0) + value.detach().double() / chunks
 
                 # 6c. Gradient norm (clipped when asked); all ranks agree on whether the step is finite.
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 clip = config.optimizer.grad_clip if config.optimizer.grad_clip is not None else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-                local_nonfinite = not bool(torch.isfinite(loss_total)) or (
-                    scaler is None and not bool(torch.isfinite(grad_norm)))
-                agreed = distributed.sum_across_ranks(context, torch.tensor(
-                    [float(local_nonfinite), float(loss_total)], dtype=torch.float64))
+                finite = torch.isfinite(loss_total)
+                if scaler is None:  # a GradScaler skips its own overflowing steps
+                    finite = finite & torch.isfinite(grad_norm)
+                # The step's one host read (one device synchronisation): whether to step, and the loss.
+                verdict = torch.stack([(~finite).double(), loss_total.double()]).cpu()
+                agreed = distributed.sum_across_ranks(context, verdict)
                 nonfinite, mean_loss = bool(agreed[0] > 0), float(agreed[1]) / context.world_size
 
                 # 6d. Optimiser step and EMA update, or a skipped step.
@@ -325,7 +327,8 @@ class Trainer:
                         norm = float(grad_norm) if math.isfinite(float(grad_norm)) else math.nan
                         interval_loss = sum(interval_losses) / len(interval_losses) if interval_losses else math.nan
                         interval_losses.clear()
-                        run_log.record(step, log_values(interval_loss, diagnostics, lr, norm, skipped_total))
+                        run_log.record(step, log_values(interval_loss, {key: float(value) for key, value in
+                                                                        diagnostics.items()}, lr, norm, skipped_total))
                     if config.log.sample_every and step % config.log.sample_every == 0:
                         self._sample_grid(ema.model, info, self.run_dir / "samples" / f"step-{step:08d}.png")
                     if config.eval.every and step % config.eval.every == 0 and step < loop.steps:
