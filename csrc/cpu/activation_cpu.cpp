@@ -28,7 +28,6 @@ namespace {
 constexpr int64_t kBlock = 1024;          // elements per work item (a multiple of every register width)
 constexpr int64_t kGrain = int64_t(1) << 15;  // elements per thread, at least
 
-
 // out[i] = op(a[i]) (or op(a[i], b[i]) when b is given) for i < n, all in the accumulation type T.
 template <class T, class Op>
 void apply_registers(const T* a, const T* b, T* out, int64_t n, Op op) {

@@ -25,7 +25,6 @@
 namespace imm::cpu::IMM_CPU_ISA {
 namespace {
 
-
 // Threads worth waking for `items` work items of about `work` element operations each: at least
 // kGrain operations per thread (a small op, such as the time embedding of a batch, runs on one).
 constexpr int64_t kGrain = int64_t(1) << 15;

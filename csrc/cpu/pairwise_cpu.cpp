@@ -36,7 +36,6 @@ constexpr int R = 4;             // rows sharing each column load (both layouts)
 constexpr int kWideCols = 4;     // columns per distance sweep (wide layout)
 constexpr int64_t kPanelChunk = 8;  // panels whose phi is kept while the gradient is accumulated
 
-
 template <class In, KernelKind K_>
 class PairRunner {
   using T = acc_t<In>;

@@ -192,6 +192,7 @@ class IMMSampler:
                             f"got {type(model).__name__}")
         self.model = model
         self.times = _check_times(times)
+        self._times_on_device = self.times  # the grid on the device of the last state stepped
         self.method = check_choice("method", method, SAMPLING_METHODS)
         self.sigma_data = self._resolve_sigma_data(model, sigma_data)
         self.schedule = self._resolve_schedule(model, schedule)
@@ -279,7 +280,9 @@ class IMMSampler:
         torch.inference_mode() with labels checked as `sample` does; the seam for an external loop."""
         if not 0 <= i < self.steps:
             raise ValueError(f"i must lie in [0, {self.steps}) for a {self.steps}-step sampler; got {i}")
-        times = self.times.to(x.device)
+        if self._times_on_device.device != x.device:
+            self._times_on_device = self.times.to(x.device)
+        times = self._times_on_device
         if self.method == "pushforward":
             return self._jump(x, times[i], times[i + 1], labels)
         denoised = self._jump(x, times[i], times[-1], labels)

@@ -1,6 +1,7 @@
-"""From a TrainingConfig to the objects a run uses: datasets, the network and its parametrisation and the
-optimiser (the objective and the samplers come from the method object, train/methods.py). The training loop, `imm-ext sample` and `imm-ext eval` all
-build through here, so a checkpoint rebuilds exactly the network it was trained with."""
+"""From a TrainingConfig to the objects a run uses: datasets, the network and its parametrisation, and the
+optimiser (the objective and the samplers come from the method object, train/methods.py). The training
+loop, `imm-ext sample` and `imm-ext eval` all build through here, so a checkpoint rebuilds exactly the
+network it was trained with."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -244,7 +244,7 @@ def _check_method(method: MethodConfig) -> None:
     try:
         training_method(method).check()
     except (TypeError, ValueError) as error:
-        raise ConfigError(str(error) if str(error).startswith("method.") else f"method: {error}") from None
+        raise ConfigError(f"method: {error}") from None
     _finite("method.sigma_data", method.sigma_data, 0.0, open_low=True)
     _positive_int("method.sampling_steps", method.sampling_steps)
     if method.guidance is not None:

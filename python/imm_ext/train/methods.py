@@ -103,7 +103,8 @@ class FlowMatchingTraining(TrainingMethod):
 
     def check(self) -> None:
         if self.settings.schedule != "fm":
-            raise ValueError(f"method.schedule: flow matching runs on the 'fm' path; got {self.settings.schedule!r}")
+            raise ValueError(f"flow matching runs on the 'fm' path, so method.schedule must be 'fm'; "
+                             f"got {self.settings.schedule!r}")
         self.loss()
 
     def _sampler(self, model, steps: int, guidance: Optional[float]) -> IMMSampler:
