@@ -3,12 +3,14 @@ ablations and the recipe search behind the tuned presets.
 
     python bench/quality.py --ablation particles --budgets 300      # M in {1, 2, 4, 8} at batch 128
     python bench/quality.py --ablation recipe --budgets 300         # the search, both methods
+    python bench/quality.py --ablation network --budgets 300        # DiT patch 2 or 1, or a small UNet
 
-A variant is the preset plus overrides. The ablations (particles, mapping, kernel, weighting) change
-nothing that costs time, so every variant trains for the same number of steps: the preset's measured
-IMM speed times the budget. The recipe search changes the network and the batch, so each variant trains
-for its own speed times the budget (equal wall time): all variants are timed at once, so that each sees
-the same load, and scaled by the two presets timed side by side as the equal-time study runs them.
+A variant is the preset plus overrides. The ablations (particles, mapping, kernel, weighting, noise,
+schedule) change nothing that costs time, so every variant trains for the same number of steps as its
+method's preset: that preset's measured speed times the budget. The recipe search and the network set
+change the network or the batch, so each variant trains for its own speed times the budget (equal wall
+time): all variants are timed at once, so that each sees the same load, and scaled by the two presets
+timed side by side as the equal-time study runs them.
 Training runs two at a time with one thread each.
 IMM variants are scored at 1, 2, 4 and 8 steps, flow-matching variants with Euler and Heun at 1 to 100
 steps; the table and the bar figure show IMM at 1 and 2 steps and flow matching's best at 50 network
@@ -24,9 +26,15 @@ from typing import Dict, List
 from matplotlib.figure import Figure
 
 from imm_ext.train.plots import save_figure
-from study_runs import measure_speeds, score, train_together, training_folder
+from study_runs import TUNED, measure_speeds, score, train_together, training_folder
 
 FM = ["method.kind=flow_matching"]
+FM_BEST = [*FM, *TUNED["digits"]["flow_matching"]]  # the baseline at its own best learning rate
+# A small DDPM++ UNet for 8x8 pixels, 16 and 32 channels at 8x8 and 4x4 (fewer weights than the preset DiT,
+# more time a step; with attention at 4x4 and twice the channels it is several times slower).
+UNET = ["model.kind=unet", "model.options={model_channels: 16, channel_mult: [1, 2], num_blocks: 1, "
+        "attn_resolutions: [], heads: 1, dropout: 0.0}"]
+COSINE = ["optimizer.schedule=cosine", "optimizer.final_lr_fraction=0.1"]
 
 # name -> (equal "steps" or equal "time", {variant: overrides}); the first variant is the preset itself.
 VARIANT_SETS: Dict[str, tuple] = {
@@ -42,6 +50,21 @@ VARIANT_SETS: Dict[str, tuple] = {
     # Paper (Table 4): w(s, t) with a = 1 and a tuned b beats no weighting.
     "weighting": ("steps", {"a=1 b=5 (preset)": [], "a=2 b=5": ["method.a=2"], "a=1 b=2": ["method.b=2"],
                             "none": ["method.weighting=none"]}),
+    # The noise range: the smallest time eps_t and the largest T that training and sampling use.
+    "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
+                        "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
+                        "T=0.999": ["method.T=0.999"]}),
+    # The network at equal wall time, both methods: the preset's DiT on 2x2 patches, on single pixels,
+    # and a small DDPM++ UNet of about its cost.
+    "network": ("time", {
+        "IMM DiT patch 2 (preset)": [], "FM DiT patch 2 (preset)": FM_BEST,
+        "IMM DiT patch 1": ["model.options.patch_size=1"], "FM DiT patch 1": [*FM_BEST, "model.options.patch_size=1"],
+        "IMM UNet": UNET, "FM UNet": [*FM_BEST, *UNET]}),
+    # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
+    "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": FM_BEST,
+                           "IMM cosine": COSINE, "FM cosine": [*FM_BEST, *COSINE],
+                           "IMM linear": ["optimizer.schedule=linear", "optimizer.final_lr_fraction=0.1"],
+                           "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE]}),
     # The search: both methods at equal wall time over learning rate, EMA, batch and network.
     "recipe": ("time", {
         "IMM (preset)": [], "FM (preset)": FM,
@@ -71,15 +94,14 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     jobs = {_slug(label): [*overrides, *extra] for label, overrides in variants.items()}
     labels = {_slug(label): label for label in variants}
     timing_steps = 30 if samples < 500 else 200
+    presets = method_presets(jobs)
     if speeds_file:
         speeds = stored_speeds(json.loads(Path(speeds_file).read_text())["steps_per_s"], jobs, mode)
     elif mode == "time":
         speeds = equal_load_speeds(dataset, jobs, timing_steps)
     else:
-        first = next(iter(jobs))
-        speeds = measure_speeds(dataset, {first: jobs[first]}, timing_steps)
-    base_speed = speeds[next(iter(jobs))]
-    steps = {job: max(1, int((speeds[job] if mode == "time" else base_speed) * budget)) for job in jobs}
+        speeds = measure_speeds(dataset, {job: jobs[job] for job in set(presets.values())}, timing_steps)
+    steps = {job: max(1, int(speeds[job if mode == "time" else presets[job]] * budget)) for job in jobs}
     results = {"set": name, "dataset": dataset, "mode": mode, "budget_s": budget, "steps_per_s": speeds,
                "steps": steps, "samples": samples, "variants": {job: labels[job] for job in jobs},
                "overrides": jobs, "seeds": {}, "runs": {}, "command": sys.argv}
@@ -119,12 +141,17 @@ def equal_load_speeds(dataset: str, jobs: Dict[str, List[str]], timing_steps: in
     each) give their speeds relative to their method's preset (the first job of each method); the
     presets, timed as a pair like the equal-time study runs them, give the scale."""
     together = measure_speeds(dataset, jobs, timing_steps)
-    presets = {}
+    presets = method_presets(jobs)
+    pair = measure_speeds(dataset, {job: jobs[job] for job in set(presets.values())}, timing_steps)
+    return {job: pair[preset] * together[job] / together[preset] for job, preset in presets.items()}
+
+
+def method_presets(jobs: Dict[str, List[str]]) -> Dict[str, str]:
+    """Each job's method preset: the first job of the same method."""
+    first = {}
     for job, overrides in jobs.items():
-        presets.setdefault(is_flow_matching(overrides), job)
-    pair = measure_speeds(dataset, {job: jobs[job] for job in presets.values()}, timing_steps)
-    preset_of = {job: presets[is_flow_matching(overrides)] for job, overrides in jobs.items()}
-    return {job: pair[preset] * together[job] / together[preset] for job, preset in preset_of.items()}
+        first.setdefault(is_flow_matching(overrides), job)
+    return {job: first[is_flow_matching(overrides)] for job, overrides in jobs.items()}
 
 
 def mean_headline(results: dict, job: str) -> Dict[str, float]:

@@ -1,6 +1,7 @@
 """The training configuration: presets carry the paper's values, YAML round trips, dotted overrides are
 typed from the dataclass fields, and bad keys or values fail with a message naming the key."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -126,3 +127,30 @@ def test_the_weighting_can_be_switched_off():
     assert torch.equal(plain.weighting(t), torch.ones_like(t))
     weighted = get_preset("digits").method.loss()
     assert not torch.allclose(weighted.weighting(t), torch.ones_like(t))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_the_learning_rate_warms_up_then_follows_its_schedule_to_the_last_update(schedule):
+    from imm_ext.train.components import learning_rate
+
+    config = dataclasses.replace(get_preset("digits").optimizer, lr=1e-3, warmup_steps=10, schedule=schedule,
+                                 final_lr_fraction=0.1)
+    rates = [learning_rate(config, step, 110) for step in range(110)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3) and rates[10] == pytest.approx(1e-3)
+    if schedule == "constant":
+        assert rates[10:] == [1e-3] * 100
+    else:
+        assert rates[-1] == pytest.approx(1e-4)
+        assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+        middle = rates[10] * 0.55  # halfway: the mean of lr and its final value, for both shapes
+        assert learning_rate(config, 10 + 99 / 2, 110) == pytest.approx(middle)
+        quarter = learning_rate(config, 10 + 99 / 4, 110) / 1e-3
+        assert quarter == pytest.approx(0.1 + 0.9 * (0.5 + 0.5 * math.cos(math.pi / 4)) if schedule == "cosine"
+                                        else 0.1 + 0.9 * 0.75)
+
+
+def test_a_schedule_and_final_fraction_out_of_range_are_named():
+    with pytest.raises(ConfigError, match="optimizer.schedule"):
+        apply_overrides(get_preset("digits"), ["optimizer.schedule=step"]).validate()
+    with pytest.raises(ConfigError, match="optimizer.final_lr_fraction"):
+        apply_overrides(get_preset("digits"), ["optimizer.final_lr_fraction=1.5"]).validate()

@@ -230,3 +230,9 @@ def test_a_resume_may_change_the_length_logging_and_learning_rate(tmp_path, caps
                      run_dir=tmp_path, resume="auto").run()
     assert result.step == 4
     assert "optimizer.lr: 0.001 -> 0.0005" in capsys.readouterr().err
+
+
+def test_a_longer_resume_under_a_decaying_learning_rate_says_the_schedule_changed(tmp_path, capsys):
+    Trainer(tiny_config("train.steps=2", "optimizer.schedule=cosine"), run_dir=tmp_path).run()
+    Trainer(tiny_config("train.steps=4", "optimizer.schedule=cosine"), run_dir=tmp_path, resume="auto").run()
+    assert "train.steps: 2 -> 4" in capsys.readouterr().err

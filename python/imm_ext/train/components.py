@@ -4,6 +4,8 @@ loop, `imm-ext sample` and `imm-ext eval` all build through here, so a checkpoin
 network it was trained with."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -96,10 +98,16 @@ def build_optimizer(parameters, config: OptimizerConfig) -> torch.optim.Optimize
                                 weight_decay=config.weight_decay)
 
 
-def learning_rate(config: OptimizerConfig, step: int) -> float:
-    """Linear warmup over the first warmup_steps updates, then constant (Table 5 states a constant 1e-4)."""
+def learning_rate(config: OptimizerConfig, step: int, total_steps: int) -> float:
+    """The learning rate of update `step` of `total_steps`: linear warmup over the first warmup_steps, then
+    constant (the paper's Table 5: a constant 1e-4), or a cosine or linear fall from lr to
+    lr * final_lr_fraction at the last update."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - 1 - config.warmup_steps))
+    fall = 0.5 * (1.0 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1.0 - progress
+    return config.lr * (config.final_lr_fraction + (1.0 - config.final_lr_fraction) * fall)
 
 

@@ -7,7 +7,8 @@ Sections (each field is a YAML key and a command-line override `section.field=va
 - method: "imm" or "flow_matching"; the IMM fields are those of `imm_ext.method.IMMPreset`, which
   MethodConfig extends; `training_method(config.method)` (train/methods.py) builds either method, and
   `config.method.loss()`, `.sampler()` and `.parametrization()` build through it.
-- optimizer: AdamW / RAdam / Adam, learning rate with optional linear warmup, optional gradient clipping.
+- optimizer: AdamW / RAdam / Adam, learning rate with optional linear warmup and cosine or linear decay,
+  optional gradient clipping.
 - train: steps, batch sizes, seed, device, precision, EMA, non-finite guard, distributed timeout.
 - log: run directory, logging / sample / checkpoint intervals, checkpoints kept.
 - eval: step counts, sample count and guidance of the final (and optional periodic) evaluation.
@@ -27,6 +28,7 @@ from .methods import FP16_MIN_GAP, TRAINING_METHODS, training_method
 
 METHOD_KINDS = tuple(TRAINING_METHODS)
 OPTIMIZERS = ("adamw", "radam", "adam")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_LEARNING_RATE = 1e4  # optimizer.lr's upper bound (see _validate)
@@ -98,6 +100,9 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear warmup from 0 to lr over this many steps
+    # After warmup: "constant", or a cosine or linear fall to lr * final_lr_fraction at train.steps.
+    schedule: str = "constant"
+    final_lr_fraction: float = 0.0
     grad_clip: Optional[float] = None  # max global gradient norm; None: no clipping
 
 
@@ -216,6 +221,8 @@ def _validate(config: TrainingConfig) -> None:
     _finite("optimizer.eps", optimizer.eps, 0.0, open_low=True)
     _finite("optimizer.weight_decay", optimizer.weight_decay, 0.0)
     _positive_int("optimizer.warmup_steps", optimizer.warmup_steps, 0)
+    _choice("optimizer.schedule", optimizer.schedule, LR_SCHEDULES)
+    _finite("optimizer.final_lr_fraction", optimizer.final_lr_fraction, 0.0, 1.0)
     if optimizer.grad_clip is not None:
         _finite("optimizer.grad_clip", optimizer.grad_clip, 0.0, open_low=True)
     _check_loop(loop, method)

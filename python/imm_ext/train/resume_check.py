@@ -3,9 +3,10 @@
 A resumed run continues the checkpoint's run: the same data, network, method, batch, seed and precision.
 A configuration that differs in any of those would train something else on top of the saved state (or
 fail deep inside a load), so it is refused with the list of differences. The length of the run, the
-logging, the evaluation and the machine's threads may change freely; a few optimiser settings that
-users change on purpose after a divergence (learning rate, warm-up, clipping) and the device may change
-with a note, since the continuation is then no longer what an uninterrupted run would have given.
+logging, the evaluation and the machine's threads may change freely (the length with a note where the
+learning rate decays over it); a few optimiser settings that users change on purpose after a divergence
+(learning rate, warm-up, schedule, clipping) and the device may change with a note, since the
+continuation is then no longer what an uninterrupted run would have given.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .config_io import config_to_dict
 
 FREE = ("preset", "log.", "eval.", "train.steps", "train.threads", "train.dist_timeout_s", "train.max_nonfinite",
         "data.vae")
-NOTED = ("optimizer.lr", "optimizer.warmup_steps", "optimizer.grad_clip", "train.device", "train.micro_batch")
+NOTED = ("optimizer.lr", "optimizer.warmup_steps", "optimizer.schedule", "optimizer.final_lr_fraction",
+         "optimizer.grad_clip", "train.device", "train.micro_batch")
 
 
 def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -41,10 +43,11 @@ def resume_differences(saved: TrainingConfig, current: TrainingConfig) -> Tuple[
     refused, noted = [], []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)
-        if before == after or _matches(key, FREE):
+        decays_over_length = key == "train.steps" and current.optimizer.schedule != "constant"
+        if before == after or (_matches(key, FREE) and not decays_over_length):
             continue
         change = f"{key}: {short_repr(before, 60)} -> {short_repr(after, 60)}"
-        (noted if _matches(key, NOTED) else refused).append(change)
+        (noted if _matches(key, NOTED) or decays_over_length else refused).append(change)
     return refused, noted
 
 

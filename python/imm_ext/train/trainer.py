@@ -251,8 +251,8 @@ class Trainer:
         stop_reason, last_checkpoint = None, resume_path
         try:
             while step < loop.steps:
-                # 6a. Learning rate (linear warmup) and this rank's batch.
-                lr = learning_rate(config.optimizer, step)
+                # 6a. Learning rate (warmup, then the schedule) and this rank's batch.
+                lr = learning_rate(config.optimizer, step, loop.steps)
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr
                 x, labels = next(stream)
