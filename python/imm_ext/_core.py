@@ -23,11 +23,16 @@ KERNEL_CODES = {"laplace": 0, "gaussian": 1, "energy": 2, "imq": 3}
 WITH_CUDA: bool = bool(_C.with_cuda)
 
 
+def dtype_code(dtype) -> int:
+    """The csrc/common/dtype.h code of a torch or numpy dtype (or its name: "float32", ...)."""
+    return DTYPE_CODES[str(dtype).removeprefix("torch.")]
+
+
 def pair_task_arguments(mode, dtype_name, kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
                         num_bandwidths, distance_scale, eps, out_ptr) -> tuple:
     """The arguments of `_C.pair_task` for one PairTask. `sets` is a list of (data_ptr, n, weight_ptr,
     stride_g, stride_i, stride_j)."""
-    return (mode, DTYPE_CODES[dtype_name], kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
+    return (mode, dtype_code(dtype_name), kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
             num_bandwidths, float(distance_scale), float(eps), out_ptr)
 
 

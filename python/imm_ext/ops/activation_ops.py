@@ -30,7 +30,6 @@ Tensor = torch.Tensor
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
 _SATURATION = 10.0  # kGeluSaturation of csrc/common/activation.h
-_DTYPE_CODES = {getattr(torch, name): code for name, code in _core.DTYPE_CODES.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +78,7 @@ def _gelu_tanh_forward(x: Tensor) -> Tensor:
     if not has_kernel(x):
         return _gelu_tanh_torch(x)
     out = torch.empty_like(x)
-    run_kernel(_core._C.gelu_tanh_forward, x.device, _DTYPE_CODES[x.dtype], x.numel(), x.data_ptr(), out.data_ptr())
+    run_kernel(_core._C.gelu_tanh_forward, x.device, _core.dtype_code(x.dtype), x.numel(), x.data_ptr(), out.data_ptr())
     return out
 
 
@@ -89,7 +88,7 @@ def _gelu_tanh_backward(grad: Tensor, x: Tensor) -> Tensor:
     if not has_kernel(x):
         return _gelu_tanh_backward_torch(grad, x)
     grad_x = torch.empty_like(x)
-    run_kernel(_core._C.gelu_tanh_backward, x.device, _DTYPE_CODES[x.dtype], x.numel(), grad.data_ptr(),
+    run_kernel(_core._C.gelu_tanh_backward, x.device, _core.dtype_code(x.dtype), x.numel(), grad.data_ptr(),
                x.data_ptr(), grad_x.data_ptr())
     return grad_x
 

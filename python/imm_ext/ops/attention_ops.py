@@ -56,7 +56,7 @@ def _rows_contiguous(t: Tensor) -> Tensor:
 
 def _sizes(q: Tensor, k: Tensor, scale: float) -> tuple:
     b, h, tq, d = q.shape
-    return (_core.DTYPE_CODES[str(q.dtype).removeprefix("torch.")], b, h, tq, k.shape[2], d, float(scale))
+    return (_core.dtype_code(q.dtype), b, h, tq, k.shape[2], d, float(scale))
 
 
 def _query_chunks(q: Tensor, k: Tensor):

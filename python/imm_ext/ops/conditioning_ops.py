@@ -51,13 +51,6 @@ NORMS = ("layer", "rms")
 CHUNK_TOKENS = {"cpu": 32, "cuda": 16}
 
 
-_DTYPE_CODES = {getattr(torch, name): code for name, code in _core.DTYPE_CODES.items()}
-
-
-def _dtype_code(dtype: torch.dtype) -> int:
-    return _DTYPE_CODES[dtype]
-
-
 def _rows_shape(x: Tensor) -> Tuple[int, int, int]:
     """x (B, ..., C) as (batch, tokens, channels)."""
     batch, channels = x.shape[0], x.shape[-1]
@@ -221,7 +214,7 @@ def _norm_modulate_forward(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, e
     batch, tokens, channels = _rows_shape(x)
     out = torch.empty_like(x)
     stats = x.new_empty((batch * tokens, 2), dtype=accumulate_dtype(x.dtype))
-    run_kernel(_core._C.norm_modulate_forward, x.device, _dtype_code(x.dtype), batch, tokens, channels, rms, eps,
+    run_kernel(_core._C.norm_modulate_forward, x.device, _core.dtype_code(x.dtype), batch, tokens, channels, rms, eps,
                x.data_ptr(), shift.data_ptr(), scale.data_ptr(), out.data_ptr(), stats.data_ptr())
     return out, stats
 
@@ -236,7 +229,7 @@ def _norm_modulate_backward(grad: Tensor, x: Tensor, stats: Tensor, scale: Tenso
     batch, tokens, channels = _rows_shape(x)
     grad_x, grad_shift, grad_scale = torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
     partials = _partials(x, 2)
-    run_kernel(_core._C.norm_modulate_backward, x.device, _dtype_code(x.dtype), batch, tokens, channels,
+    run_kernel(_core._C.norm_modulate_backward, x.device, _core.dtype_code(x.dtype), batch, tokens, channels,
                CHUNK_TOKENS[kernel_device_type(x)], rms, grad.data_ptr(), x.data_ptr(), stats.data_ptr(), scale.data_ptr(),
                grad_x.data_ptr(), partials.data_ptr(), grad_shift.data_ptr(), grad_scale.data_ptr())
     return grad_x, grad_shift, grad_scale
@@ -270,7 +263,7 @@ def _gate_residual_forward(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     if not has_kernel(x):
         return gate_residual_reference(x, gate, y)
     out = torch.empty_like(x)
-    run_kernel(_core._C.gate_residual_forward, x.device, _dtype_code(x.dtype), *_rows_shape(x), x.data_ptr(),
+    run_kernel(_core._C.gate_residual_forward, x.device, _core.dtype_code(x.dtype), *_rows_shape(x), x.data_ptr(),
                gate.data_ptr(), y.data_ptr(), out.data_ptr())
     return out
 
@@ -283,7 +276,7 @@ def _gate_residual_backward(grad: Tensor, gate: Tensor, y: Tensor) -> Tuple[Tens
         return _gate_residual_backward_torch(grad, gate, y)
     grad_y, grad_gate = torch.empty_like(y), torch.empty_like(gate)
     partials = _partials(y, 1)
-    run_kernel(_core._C.gate_residual_backward, y.device, _dtype_code(y.dtype), *_rows_shape(y),
+    run_kernel(_core._C.gate_residual_backward, y.device, _core.dtype_code(y.dtype), *_rows_shape(y),
                CHUNK_TOKENS[kernel_device_type(y)], grad.data_ptr(), gate.data_ptr(), y.data_ptr(), grad_y.data_ptr(),
                partials.data_ptr(), grad_gate.data_ptr())
     return grad_y, grad_gate
@@ -333,7 +326,7 @@ def _timestep_embedding_forward(c: Tensor, dim: int, max_period: float, dtype: t
     if not has_kernel(c):
         return _timestep_embedding_torch(c, dim, max_period, dtype)
     out = c.new_empty((c.shape[0], dim), dtype=dtype)
-    run_kernel(_core._C.timestep_embedding_forward, c.device, _dtype_code(dtype), c.shape[0], dim,
+    run_kernel(_core._C.timestep_embedding_forward, c.device, _core.dtype_code(dtype), c.shape[0], dim,
                math.log(max_period), c.data_ptr(), out.data_ptr())
     return out
 
@@ -345,7 +338,7 @@ def _timestep_embedding_backward(grad: Tensor, c: Tensor, max_period: float) -> 
     if not has_kernel(c):
         return _timestep_embedding_backward_torch(grad, c, max_period)
     grad_c = torch.empty_like(c)
-    run_kernel(_core._C.timestep_embedding_backward, c.device, _dtype_code(grad.dtype), c.shape[0], grad.shape[1],
+    run_kernel(_core._C.timestep_embedding_backward, c.device, _core.dtype_code(grad.dtype), c.shape[0], grad.shape[1],
                math.log(max_period), c.data_ptr(), grad.data_ptr(), grad_c.data_ptr())
     return grad_c
 

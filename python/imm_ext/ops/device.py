@@ -31,15 +31,15 @@ def kernel_device_type(t: torch.Tensor) -> str:
 
 
 def run_kernel(fn, device: torch.device, *args) -> None:
-    """fn(*args, device=..., stream=..., threads=...) on `device`, a device with a kernel; `fn` is a
-    function of imm_ext._C."""
+    """fn(*args, device, stream, threads) on `device`, a device with a kernel; `fn` is a function of
+    imm_ext._C (csrc/bindings.cpp), which takes every argument positionally."""
     if device.type == "cpu" and _emulated is not None:
-        getattr(_emulated, fn.__name__)(*args, device="cuda", stream=0, threads=1)
+        getattr(_emulated, fn.__name__)(*args, "cuda", 0, 1)
     elif device.type == "cpu":
-        fn(*args, device="cpu", stream=0, threads=torch.get_num_threads())
+        fn(*args, "cpu", 0, torch.get_num_threads())
     else:
         with torch.cuda.device(device):
-            fn(*args, device="cuda", stream=torch.cuda.current_stream(device).cuda_stream, threads=1)
+            fn(*args, "cuda", torch.cuda.current_stream(device).cuda_stream, 1)
 
 
 def emulation_available() -> bool:

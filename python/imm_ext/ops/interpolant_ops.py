@@ -33,10 +33,6 @@ Tensor = torch.Tensor
 COEFFICIENTS = ("alpha_t", "sigma_t", "alpha_r", "sigma_r")  # the columns of interpolant_pair's table
 
 
-def _dtype_code(dtype: torch.dtype) -> int:
-    return _core.DTYPE_CODES[str(dtype).removeprefix("torch.")]
-
-
 def _per_sample(x: Tensor) -> int:
     return x[0].numel() if x.shape[0] else 0
 
@@ -125,7 +121,7 @@ def interpolant_pair_op(x: Tensor, noise: Tensor, coefficients: Tensor, particle
         col = lambda k: _per_sample_view(c[:, k], x, particles)
         return ((col(0) * xa + col(1) * na).to(x.dtype), (col(2) * xa + col(3) * na).to(x.dtype))
     x_t, x_r = torch.empty_like(x), torch.empty_like(x)
-    run_kernel(_core._C.interpolant_pair, x.device, _dtype_code(x.dtype), x.shape[0], _per_sample(x), particles,
+    run_kernel(_core._C.interpolant_pair, x.device, _core.dtype_code(x.dtype), x.shape[0], _per_sample(x), particles,
          x.data_ptr(), noise.data_ptr(), coefficients.data_ptr(), x_t.data_ptr(), x_r.data_ptr())
     return x_t, x_r
 
@@ -178,7 +174,7 @@ def sampler_step_op(x: Tensor, g_cond: Tensor, g_uncond: Optional[Tensor], c_ski
         out = _per_sample_view(c_skip.to(acc), x) * x.to(acc) + _per_sample_view(c_out.to(acc), x) * g
         return out.to(x.dtype)
     out = torch.empty_like(x)
-    run_kernel(_core._C.sampler_step, x.device, _dtype_code(x.dtype), _dtype_code(g_cond.dtype), x.shape[0],
+    run_kernel(_core._C.sampler_step, x.device, _core.dtype_code(x.dtype), _core.dtype_code(g_cond.dtype), x.shape[0],
          _per_sample(x), x.data_ptr(), g_cond.data_ptr(), 0 if g_uncond is None else g_uncond.data_ptr(),
          c_skip.data_ptr(), c_out.data_ptr(), float(guidance), out.data_ptr())
     return out
