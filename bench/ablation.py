@@ -50,6 +50,10 @@ VARIANT_SETS: Dict[str, tuple] = {
     # Paper (Table 4): w(s, t) with a = 1 and a tuned b beats no weighting.
     "weighting": ("steps", {"a=1 b=5 (preset)": [], "a=2 b=5": ["method.a=2"], "a=1 b=2": ["method.b=2"],
                             "none": ["method.weighting=none"]}),
+    # The decay over a longer run: twice the learning rate falling to a tenth, for either method.
+    "decay": ("steps", {"IMM lr 1e-3 constant (preset)": [], "FM lr 2e-3 constant (preset)": FM_BEST,
+                        "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE],
+                        "FM lr 4e-3 cosine": [*FM, "optimizer.lr=4e-3", *COSINE]}),
     # The noise range: the smallest time eps_t and the largest T that training and sampling use.
     "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
                         "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],

@@ -29,11 +29,12 @@ skipped. A method that fails is reported with its error and the run goes on.
 
 Section "conditioning": the DiT block's fused conditioning ops (`imm_ext.ops.norm_modulate`,
 `gate_residual`, `timestep_embedding_pair`) on DiT-S/2 and DiT-XL/2 token shapes (float32), and the
-MLP's activation `imm_ext.ops.gelu_tanh` on DiT-S/2's hidden layer (case dit-s2-mlp), measured the
-same way (forward + backward: torch.autograd.backward of the outputs with fixed cotangents), against
-eager PyTorch as DiT writes it (F.layer_norm(x) * (1 + scale[:, None]) + shift[:, None];
-x + gate[:, None] * y; the reference embeddings of imm_ext.ops; F.gelu(x, approximate="tanh")) and
-torch.compile of the same.
+MLP's activation `imm_ext.ops.gelu_tanh` on DiT-S/2's hidden layer (case dit-s2-mlp), and qk-norm
+`imm_ext.ops.qk_norm` on DiT-S/2's qkv projection (case dit-s2-qk), measured the same way (forward +
+backward: torch.autograd.backward of the outputs with fixed cotangents), against eager PyTorch as DiT
+writes it (F.layer_norm(x) * (1 + scale[:, None]) + shift[:, None]; x + gate[:, None] * y; the
+reference embeddings of imm_ext.ops; F.gelu(x, approximate="tanh"); F.rms_norm on the q and k views of
+the projection) and torch.compile of the same.
 
 Results are printed as markdown tables and written as JSON (with the machine description and load
 average) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
@@ -457,7 +458,10 @@ CONDITIONING_CASES = (
     ConditioningCase("dit-xl2", "DiT-XL/2 width: x (32, 256, 1152) float32", (32, 256, 1152)),
     ConditioningCase("dit-s2-mlp", "DiT-S/2 MLP hidden layer: x (8, 256, 1536) float32", (8, 256, 1536),
                      ("gelu_tanh",)),
+    ConditioningCase("dit-s2-qk", "DiT-S/2 attention qk-norm: qkv (8, 256, 3 x 384) float32, 6 heads of 64",
+                     (8, 256, 384), ("qk_norm",)),
 )
+QK_HEAD_DIM = 64
 CONDITIONING_METHODS = ("imm_ext", "eager", "compile")
 EMBEDDING_DIM = 256  # DiT's frequency embedding size
 
@@ -474,6 +478,14 @@ def eager_gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
 
+def eager_qk_norm(qkv, q_weight, k_weight):
+    """torch's rms_norm on the q and k views of the projection, as a DiT without imm_ext writes it."""
+    batch, tokens, width = qkv.shape
+    heads = width // (3 * QK_HEAD_DIM)
+    q, k, _ = qkv.view(batch, tokens, 3, heads, QK_HEAD_DIM).permute(2, 0, 3, 1, 4).unbind(0)
+    return (F.rms_norm(q, (QK_HEAD_DIM,), q_weight, 1e-6), F.rms_norm(k, (QK_HEAD_DIM,), k_weight, 1e-6))
+
+
 def conditioning_problem(op: str, case: ConditioningCase, device: str):
     """Seeded inputs (fresh leaves), cotangents of the outputs, and the eager and fused callables."""
     torch.manual_seed(0)
@@ -487,6 +499,11 @@ def conditioning_problem(op: str, case: ConditioningCase, device: str):
                 eager_gate_residual, imm_ext.ops.gate_residual)
     if op == "gelu_tanh":
         return (leaf(b, t, c),), (torch.randn(b, t, c, device=device),), eager_gelu_tanh, imm_ext.ops.gelu_tanh
+    if op == "qk_norm":
+        heads = c // QK_HEAD_DIM
+        head = lambda: torch.randn(b, heads, t, QK_HEAD_DIM, device=device)
+        return ((leaf(b, t, 3 * c), leaf(QK_HEAD_DIM), leaf(QK_HEAD_DIM)), (head(), head()), eager_qk_norm,
+                lambda qkv, qw, kw: imm_ext.ops.qk_norm(qkv, qw, kw, heads))
     times = (1000 * torch.rand(b, device=device, dtype=torch.float64)).requires_grad_()
     return ((times, times.detach().clone().requires_grad_()),
             tuple(torch.randn(b, EMBEDDING_DIM, device=device) for _ in range(2)),

@@ -17,6 +17,7 @@
 
 #include "common/attention.h"
 #include "common/pair_task.h"
+#include "common/qk_norm.h"
 #include "cpu/activation_cpu.h"
 #include "cpu/conditioning_cpu.h"
 #include "cpu/dispatch.h"
@@ -233,6 +234,31 @@ void gelu_tanh_backward(const Target& on, int dtype, int64_t n, std::uintptr_t g
          on.dtype(dtype), n, in_ptr(grad), in_ptr(x), out_ptr(grad_x));
 }
 
+// ---- qk-norm (csrc/common/qk_norm.h) -----------------------------------------------------------
+
+imm::QkNormShape qk_norm_shape(const Target& on, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim) {
+  on.require(batch >= 0 && tokens >= 0 && heads >= 1 && head_dim >= 1, "bad sizes");
+  return imm::QkNormShape{batch, tokens, heads, head_dim};
+}
+
+void qk_norm_forward(const Target& on, int dtype, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
+                     double eps, std::uintptr_t qkv, std::uintptr_t q_weight, std::uintptr_t k_weight,
+                     std::uintptr_t out, std::uintptr_t stats) {
+  on.run(imm::cpu::qk_norm_forward, IMM_CUDA_KERNEL(imm::cuda::qk_norm_forward), on.dtype(dtype),
+         qk_norm_shape(on, batch, tokens, heads, head_dim), eps, in_ptr(qkv), in_ptr(q_weight), in_ptr(k_weight),
+         out_ptr(out), out_ptr(stats));
+}
+
+void qk_norm_backward(const Target& on, int dtype, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
+                      int64_t chunk_rows, std::uintptr_t grad, std::uintptr_t qkv, std::uintptr_t q_weight,
+                      std::uintptr_t k_weight, std::uintptr_t stats, std::uintptr_t grad_qkv,
+                      std::uintptr_t partials) {
+  on.require(chunk_rows >= 1 && chunk_rows <= imm::kQkNormMaxChunkRows, "chunk_rows out of range");
+  on.run(imm::cpu::qk_norm_backward, IMM_CUDA_KERNEL(imm::cuda::qk_norm_backward), on.dtype(dtype),
+         qk_norm_shape(on, batch, tokens, heads, head_dim), chunk_rows, in_ptr(grad), in_ptr(qkv), in_ptr(q_weight),
+         in_ptr(k_weight), in_ptr(stats), out_ptr(grad_qkv), out_ptr(partials));
+}
+
 // ---- attention (csrc/common/attention.h) -------------------------------------------------------
 
 // (data pointer, stride_b, stride_h, stride_t) of a (B, H, T, Dh) tensor with a contiguous last dim.
@@ -349,6 +375,8 @@ PYBIND11_MODULE(IMM_EXT_MODULE_NAME, m) {
        "d loss / d c of the sinusoidal embedding (csrc/common/conditioning.h)");
   bind(m, "gelu_tanh_forward", gelu_tanh_forward, "out = gelu_tanh(x) (csrc/common/activation.h)");
   bind(m, "gelu_tanh_backward", gelu_tanh_backward, "grad_x = grad * gelu_tanh'(x) (csrc/common/activation.h)");
+  bind(m, "qk_norm_forward", qk_norm_forward, "RMSNorm of q and k from the qkv projection (csrc/common/qk_norm.h)");
+  bind(m, "qk_norm_backward", qk_norm_backward, "grad_qkv and grad_w partials of qk-norm (csrc/common/qk_norm.h)");
   bind(m, "attention_forward", attention_forward, "Fused attention forward (csrc/common/attention.h)");
   bind(m, "attention_backward", attention_backward, "Fused attention backward (csrc/common/attention.h)");
   m.def("build_info", &build_info, "How this module was built");

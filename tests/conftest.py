@@ -1,7 +1,13 @@
-"""Shared test settings: hypothesis profile, the `cuda` marker, and point-set helpers."""
+"""Shared test settings: hypothesis profile, the `cuda` marker, point-set helpers, and the `gpu` fixture
+(each op's CUDA kernels on the emulated module and, where there is one, on the GPU)."""
+import contextlib
+
 import hypothesis
 import pytest
 import torch
+
+import imm_ext
+from imm_ext.ops.device import emulated_cuda, emulation_available
 
 hypothesis.settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                                      suppress_health_check=[hypothesis.HealthCheck.too_slow])
@@ -66,3 +72,61 @@ def wrap_training_loss(monkeypatch, wrap):
 
     for cls in methods.TRAINING_METHODS.values():
         monkeypatch.setattr(cls, "loss", lambda self, real=cls.loss: wrap(real(self)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the CUDA side of a test runs
+
+FENCE = 16  # NaN elements on each side of every input the emulated kernels read
+
+
+class Backend:
+    """Where a test's CUDA side runs: "emulated-forward", "emulated-reverse" or "cuda"."""
+
+    def __init__(self, name: str):
+        self.name, self.real = name, name == "cuda"
+        self.fences = []
+
+    def put(self, t: torch.Tensor) -> torch.Tensor:
+        """t on this backend: on the GPU, or a CPU copy inside a NaN-fenced buffer."""
+        if self.real:
+            return t.cuda()
+        t = t.detach()
+        buffer = torch.full((t.numel() + 2 * FENCE,), float("nan"), dtype=t.dtype)
+        buffer[FENCE:FENCE + t.numel()] = t.reshape(-1)
+        self.fences.append(buffer)
+        return buffer[FENCE:FENCE + t.numel()].view(t.shape)
+
+    @contextlib.contextmanager
+    def active(self):
+        """Ops called inside run on this backend's kernels."""
+        if self.real:
+            yield
+            return
+        with emulated_cuda(self.name.removeprefix("emulated-")):
+            yield
+        for buffer in self.fences:
+            fence = torch.cat([buffer[:FENCE], buffer[-FENCE:]])
+            assert torch.isnan(fence).all(), "a kernel wrote outside the buffer it was given"
+
+
+@pytest.fixture(params=["emulated-forward", "emulated-reverse", pytest.param("cuda", marks=pytest.mark.cuda)])
+def gpu(request):
+    if request.param == "cuda" and not imm_ext.build_info()["cuda"]:
+        pytest.fail("a GPU is present but imm_ext was built without CUDA kernels")
+    if request.param != "cuda" and not emulation_available():
+        pytest.fail("imm_ext was built without the emulated CUDA kernels: install with IMM_EXT_CUDA_EMULATION=ON "
+                    "(the README's test command does)")
+    return Backend(request.param)
+
+
+def value_and_grads_on(backend, fn, inputs, cotangent):
+    """fn's outputs and the gradients of its inputs, on "cpu" or on a Backend."""
+    put = (lambda t: t.detach().clone()) if backend == "cpu" else backend.put
+    leaves = [put(t).requires_grad_() for t in inputs]
+    cotangents = [put(c) for c in (cotangent if isinstance(cotangent, tuple) else (cotangent,))]
+    with contextlib.nullcontext() if backend == "cpu" else backend.active():
+        out = fn(*leaves)
+        outs = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(outs, leaves, cotangents)
+    return [t.detach().cpu() for t in (*outs, *grads)]

@@ -11,53 +11,12 @@ import torch
 
 import imm_ext
 from imm_ext.ops import mmd_loss_reference, pairwise_kernel_reference
-from imm_ext.ops.device import emulated_cuda, emulation_available
 
-from conftest import TOLERANCE, random_sets
+from conftest import TOLERANCE, Backend, random_sets, value_and_grads_on
 
 KERNELS = ["laplace", "gaussian", "energy", "imq"]
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (8, 4, 4, 3072), (3, 40, 33, 3), (1, 200, 150, 64),
           (2, 70, 50, 65), (1, 1000, 999, 2), (4, 17, 9, 130)]
-FENCE = 16  # NaN elements on each side of every input the emulated kernels read
-
-class Backend:
-    """Where a test's CUDA side runs: "emulated-forward", "emulated-reverse" or "cuda"."""
-
-    def __init__(self, name: str):
-        self.name, self.real = name, name == "cuda"
-        self.fences = []
-
-    def put(self, t: torch.Tensor) -> torch.Tensor:
-        """t on this backend: on the GPU, or a CPU copy inside a NaN-fenced buffer."""
-        if self.real:
-            return t.cuda()
-        t = t.detach()
-        buffer = torch.full((t.numel() + 2 * FENCE,), float("nan"), dtype=t.dtype)
-        buffer[FENCE:FENCE + t.numel()] = t.reshape(-1)
-        self.fences.append(buffer)
-        return buffer[FENCE:FENCE + t.numel()].view(t.shape)
-
-    @contextlib.contextmanager
-    def active(self):
-        """Ops called inside run on this backend's kernels."""
-        if self.real:
-            yield
-            return
-        with emulated_cuda(self.name.removeprefix("emulated-")):
-            yield
-        for buffer in self.fences:
-            fence = torch.cat([buffer[:FENCE], buffer[-FENCE:]])
-            assert torch.isnan(fence).all(), "a kernel wrote outside the buffer it was given"
-
-
-@pytest.fixture(params=["emulated-forward", "emulated-reverse", pytest.param("cuda", marks=pytest.mark.cuda)])
-def gpu(request):
-    if request.param == "cuda" and not imm_ext.build_info()["cuda"]:
-        pytest.fail("a GPU is present but imm_ext was built without CUDA kernels")
-    if request.param != "cuda" and not emulation_available():
-        pytest.fail("imm_ext was built without the emulated CUDA kernels: install with IMM_EXT_CUDA_EMULATION=ON "
-                    "(the README's test command does)")
-    return Backend(request.param)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -151,18 +110,6 @@ def _cond_data(shape, dtype, seed, mean=0.0):
     return (mean + torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
 
 
-def _value_and_grads_on(backend, fn, inputs, cotangent):
-    """fn's outputs and the gradients of its inputs, on "cpu" or on a Backend."""
-    put = (lambda t: t.detach().clone()) if backend == "cpu" else backend.put
-    leaves = [put(t).requires_grad_() for t in inputs]
-    cotangents = [put(c) for c in (cotangent if isinstance(cotangent, tuple) else (cotangent,))]
-    with contextlib.nullcontext() if backend == "cpu" else backend.active():
-        out = fn(*leaves)
-        outs = out if isinstance(out, tuple) else (out,)
-        grads = torch.autograd.grad(outs, leaves, cotangents)
-    return [t.detach().cpu() for t in (*outs, *grads)]
-
-
 @pytest.mark.parametrize("dtype", COND_DTYPES)
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 @pytest.mark.parametrize("shape,mean", [((1, 1, 1), 0.0), ((3, 70, 33), 0.0), ((2, 5, 7, 1152), 0.0),
@@ -172,8 +119,8 @@ def test_norm_modulate_cuda_matches_cpu(gpu, dtype, norm, shape, mean):
     inputs = (_cond_data(shape, dtype, 1, mean), _cond_data((b, c), dtype, 2), _cond_data((b, c), dtype, 3))
     cotangent = _cond_data(shape, dtype, 4)
     fn = lambda *a: imm_ext.ops.norm_modulate(*a, norm=norm)
-    cpu = _value_and_grads_on("cpu", fn, inputs, cotangent)
-    on_gpu = _value_and_grads_on(gpu, fn, inputs, cotangent)
+    cpu = value_and_grads_on("cpu", fn, inputs, cotangent)
+    on_gpu = value_and_grads_on(gpu, fn, inputs, cotangent)
     tol = COND_TOLERANCE[dtype]
     rstd_scale = 1000.0 if c == 1 else 10.0  # eps = 1e-6 on a one-channel row: rstd = 1000
     for i, (g, w) in enumerate(zip(on_gpu, cpu)):
@@ -187,8 +134,8 @@ def test_gate_residual_cuda_matches_cpu(gpu, dtype, shape):
     b, c = shape[0], shape[-1]
     inputs = (_cond_data(shape, dtype, 5), _cond_data((b, c), dtype, 6), _cond_data(shape, dtype, 7))
     cotangent = _cond_data(shape, dtype, 8)
-    cpu = _value_and_grads_on("cpu", imm_ext.ops.gate_residual, inputs, cotangent)
-    on_gpu = _value_and_grads_on(gpu, imm_ext.ops.gate_residual, inputs, cotangent)
+    cpu = value_and_grads_on("cpu", imm_ext.ops.gate_residual, inputs, cotangent)
+    on_gpu = value_and_grads_on(gpu, imm_ext.ops.gate_residual, inputs, cotangent)
     for g, w in zip(on_gpu, cpu):
         torch.testing.assert_close(g, w, **COND_TOLERANCE[dtype])
 
@@ -200,8 +147,8 @@ def test_timestep_embedding_pair_cuda_matches_cpu(gpu, dtype, dim):
     c_t, c_s = (1000 * torch.rand(2, 33, generator=gen, dtype=torch.float64)).unbind()
     cotangent = (_cond_data((33, dim), dtype, 10), _cond_data((33, dim), dtype, 11))
     fn = lambda a, b: imm_ext.ops.timestep_embedding_pair(a, b, dim, dtype=dtype)
-    cpu = _value_and_grads_on("cpu", fn, (c_t, c_s), cotangent)
-    on_gpu = _value_and_grads_on(gpu, fn, (c_t, c_s), cotangent)
+    cpu = value_and_grads_on("cpu", fn, (c_t, c_s), cotangent)
+    on_gpu = value_and_grads_on(gpu, fn, (c_t, c_s), cotangent)
     # float64 cos/sin of arguments up to 1000: CUDA's and glibc's may differ by an ulp of the argument.
     value_tol = dict(rtol=0, atol=5e-13) if dtype == torch.float64 else COND_TOLERANCE[dtype]
     for g, w in zip(on_gpu[:2], cpu[:2]):
@@ -223,10 +170,10 @@ def test_conditioning_cuda_deterministic_opcheck_and_compile(gpu):
     from imm_ext.ops import conditioning_ops as ops
 
     inputs, cotangent = _conditioning_block_inputs()
-    first = _value_and_grads_on(gpu, _conditioning_block, inputs, cotangent)
-    second = _value_and_grads_on(gpu, _conditioning_block, inputs, cotangent)
+    first = value_and_grads_on(gpu, _conditioning_block, inputs, cotangent)
+    second = value_and_grads_on(gpu, _conditioning_block, inputs, cotangent)
     assert all(torch.equal(a, b) for a, b in zip(first, second))  # no atomics in the token sums
-    compiled = _value_and_grads_on(gpu, torch.compile(_conditioning_block, fullgraph=True), inputs, cotangent)
+    compiled = value_and_grads_on(gpu, torch.compile(_conditioning_block, fullgraph=True), inputs, cotangent)
     for a, b in zip(compiled, first):
         torch.testing.assert_close(a, b)
     x, shift, scale, cotangent = (gpu.put(t) for t in (*inputs[:3], cotangent))
@@ -241,10 +188,10 @@ def test_conditioning_cuda_deterministic_opcheck_and_compile(gpu):
 @pytest.mark.cuda
 def test_conditioning_cuda_stream():
     inputs, cotangent = _conditioning_block_inputs()
-    first = _value_and_grads_on(Backend("cuda"), _conditioning_block, inputs, cotangent)
+    first = value_and_grads_on(Backend("cuda"), _conditioning_block, inputs, cotangent)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        on_stream = _value_and_grads_on(Backend("cuda"), _conditioning_block, inputs, cotangent)
+        on_stream = value_and_grads_on(Backend("cuda"), _conditioning_block, inputs, cotangent)
     stream.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(first, on_stream))
 
@@ -258,8 +205,8 @@ def test_gelu_tanh_cuda_matches_cpu(gpu, dtype, shape):
     if x.numel() > 4:
         x.view(-1)[:4] = torch.tensor([float("inf"), -float("inf"), 1e4, -1e4], dtype=dtype)
     cotangent = _cond_data(shape, dtype, 14)
-    cpu = _value_and_grads_on("cpu", imm_ext.ops.gelu_tanh, (x,), cotangent)
-    on_gpu = _value_and_grads_on(gpu, imm_ext.ops.gelu_tanh, (x,), cotangent)
+    cpu = value_and_grads_on("cpu", imm_ext.ops.gelu_tanh, (x,), cotangent)
+    on_gpu = value_and_grads_on(gpu, imm_ext.ops.gelu_tanh, (x,), cotangent)
     for g, w in zip(on_gpu, cpu):
         torch.testing.assert_close(g, w, **COND_TOLERANCE[dtype])
 
@@ -268,8 +215,8 @@ def test_gelu_tanh_cuda_opcheck_and_compile(gpu):
     from imm_ext.ops import activation_ops as ops
 
     x, cotangent = _cond_data((4, 100, 48), torch.float32, 15), _cond_data((4, 100, 48), torch.float32, 16)
-    first = _value_and_grads_on(gpu, imm_ext.ops.gelu_tanh, (x,), cotangent)
-    compiled = _value_and_grads_on(gpu, torch.compile(imm_ext.ops.gelu_tanh, fullgraph=True), (x,), cotangent)
+    first = value_and_grads_on(gpu, imm_ext.ops.gelu_tanh, (x,), cotangent)
+    compiled = value_and_grads_on(gpu, torch.compile(imm_ext.ops.gelu_tanh, fullgraph=True), (x,), cotangent)
     for a, b in zip(compiled, first):
         torch.testing.assert_close(a, b)
     x, cotangent = gpu.put(x), gpu.put(cotangent)
@@ -281,10 +228,10 @@ def test_gelu_tanh_cuda_opcheck_and_compile(gpu):
 @pytest.mark.cuda
 def test_gelu_tanh_cuda_stream():
     x, cotangent = _cond_data((4, 100, 48), torch.float32, 15), _cond_data((4, 100, 48), torch.float32, 16)
-    first = _value_and_grads_on(Backend("cuda"), imm_ext.ops.gelu_tanh, (x,), cotangent)
+    first = value_and_grads_on(Backend("cuda"), imm_ext.ops.gelu_tanh, (x,), cotangent)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        on_stream = _value_and_grads_on(Backend("cuda"), imm_ext.ops.gelu_tanh, (x,), cotangent)
+        on_stream = value_and_grads_on(Backend("cuda"), imm_ext.ops.gelu_tanh, (x,), cotangent)
     stream.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(first, on_stream))
 

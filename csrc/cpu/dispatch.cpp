@@ -1,6 +1,6 @@
 // Run-time choice among the per-instruction-set builds of the CPU kernels (cpu/pairwise_cpu.cpp,
-// cpu/conditioning_cpu.cpp, cpu/attention_cpu.cpp, cpu/activation_cpu.cpp): one table of entry points per build, the widest
-// supported one chosen once.
+// cpu/conditioning_cpu.cpp, cpu/attention_cpu.cpp, cpu/activation_cpu.cpp, cpu/qk_norm_cpu.cpp): one
+// table of entry points per build, the widest supported one chosen once.
 #include "dispatch.h"
 
 #include <cstddef>
@@ -9,6 +9,7 @@
 
 #include "activation_cpu.h"
 #include "conditioning_cpu.h"
+#include "../common/qk_norm.h"
 #include "memory_hints.h"
 
 // The entry points every per-ISA build defines, declared in its namespace.
@@ -19,11 +20,15 @@
   void attention_backward(const AttentionBackwardTask& task, int threads);       \
   const ConditioningKernels& conditioning_kernels();                             \
   const ActivationKernels& activation_kernels();                                 \
+  void qk_norm_forward(DType, QkNormShape, double, const void*, const void*,     \
+                       const void*, void*, void*, int);                          \
+  void qk_norm_backward(DType, QkNormShape, int64_t, const void*, const void*,   \
+                        const void*, const void*, const void*, void*, void*, int); \
   }
 #define IMM_CPU_ENTRY_POINTS(isa)                                                                         \
   EntryPoints {                                                                                           \
     isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::conditioning_kernels,       \
-        isa::activation_kernels, #isa                                                                     \
+        isa::activation_kernels, isa::qk_norm_forward, isa::qk_norm_backward, #isa                        \
   }
 
 namespace imm::cpu {
@@ -44,6 +49,8 @@ struct EntryPoints {
   void (*attention_backward)(const AttentionBackwardTask&, int);
   const ConditioningKernels& (*conditioning_kernels)();
   const ActivationKernels& (*activation_kernels)();
+  decltype(&imm::cpu::qk_norm_forward) qk_norm_forward;
+  decltype(&imm::cpu::qk_norm_backward) qk_norm_backward;
   const char* name;
 };
 
@@ -94,6 +101,18 @@ void attention_backward(const AttentionBackwardTask& task, int threads) { chosen
 const ConditioningKernels& conditioning_kernels() { return chosen().conditioning_kernels(); }
 
 const ActivationKernels& activation_kernels() { return chosen().activation_kernels(); }
+
+void qk_norm_forward(DType dtype, QkNormShape shape, double eps, const void* qkv, const void* q_weight,
+                     const void* k_weight, void* out, void* stats, int threads) {
+  chosen().qk_norm_forward(dtype, shape, eps, qkv, q_weight, k_weight, out, stats, threads);
+}
+
+void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad, const void* qkv,
+                      const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv, void* partials,
+                      int threads) {
+  chosen().qk_norm_backward(dtype, shape, chunk_rows, grad, qkv, q_weight, k_weight, stats, grad_qkv, partials,
+                            threads);
+}
 
 const char* selected_isa() { return chosen().name; }
 

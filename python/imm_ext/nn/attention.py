@@ -2,7 +2,8 @@
 
 x (B, T, C) -> Linear(C, 3C) -> q, k, v of shape (B, heads, T, C / heads), split as strided views of the
 one projection (channel layout: q for all heads, then k, then v; head-major inside each) -> optional
-RMSNorm of q and k per head with a learned weight (qk-norm, which keeps attention logits bounded) ->
+RMSNorm of q and k per head with a learned weight (qk-norm, which keeps attention logits bounded; one
+fused op reading the projection) ->
 softmax attention (imm_ext.nn.functional.attention) -> Linear(C, C).
 """
 from __future__ import annotations
@@ -30,13 +31,16 @@ class SelfAttention(nn.Module):
 
     def split_heads(self, x: torch.Tensor):
         """x (B, T, C) -> q, k, v (B, heads, T, C / heads), qk-normed when asked."""
-        batch, tokens, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.q_norm is not None:
-            # autocast may run rms_norm in float32; attention wants q, k, v in one dtype
-            q = nn.functional.rms_norm(q, (self.head_dim,), self.q_norm.to(q.dtype), self.eps).to(v.dtype)
-            k = nn.functional.rms_norm(k, (self.head_dim,), self.k_norm.to(k.dtype), self.eps).to(v.dtype)
+        qkv = self.qkv(x)
+        q, k, v = self.heads_of(qkv)
+        if self.q_norm is not None:  # one fused pass over q and k, written as attention reads them
+            q, k = F.qk_norm(qkv, self.q_norm.to(qkv.dtype), self.k_norm.to(qkv.dtype), self.heads, self.eps)
         return q, k, v
+
+    def heads_of(self, qkv: torch.Tensor):
+        """The projection (B, T, 3C) as q, k, v (B, heads, T, C / heads), strided views."""
+        batch, tokens, _ = qkv.shape
+        return qkv.view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def merge_heads(self, heads: torch.Tensor) -> torch.Tensor:
         """(B, heads, T, Dh) -> output projection of the (B, T, C) concatenation."""

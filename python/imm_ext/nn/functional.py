@@ -1,7 +1,7 @@
 """The one place the models' layers reach the timestep-conditioned block ops (architecture.md, family 2).
 
 Every layer in imm_ext.nn and imm_ext.models calls `norm_modulate`, `gate_residual`, `attention`,
-`timestep_embedding_pair` and the MLP's activation `gelu_tanh` from here, never from imm_ext.ops
+`qk_norm`, `timestep_embedding_pair` and the MLP's activation `gelu_tanh` from here, never from imm_ext.ops
 directly, so that which implementation runs (the fused kernels, or SDPA for attention where it is
 faster) is decided in this file alone.
 
@@ -20,12 +20,13 @@ from ..ops.activation_ops import gelu_tanh
 from ..ops.attention_ops import MAX_HEAD_DIM
 from ..ops.attention_ops import attention as _imm_ext_attention
 from ..ops.conditioning_ops import gate_residual, norm_modulate, timestep_embedding_pair
+from ..ops.qk_norm_ops import qk_norm
 
 ATTENTION_BACKENDS = ("auto", "imm_ext", "sdpa")
 NORMS = ("layer", "rms")
 
 __all__ = ["ATTENTION_BACKENDS", "NORMS", "attention", "check_attention_backend", "check_norm", "gate_residual",
-           "gelu_tanh", "norm_modulate", "resolve_attention_backend", "timestep_embedding_pair"]
+           "gelu_tanh", "norm_modulate", "qk_norm", "resolve_attention_backend", "timestep_embedding_pair"]
 
 
 def check_attention_backend(backend: str) -> str:

@@ -1,0 +1,184 @@
+"""qk-norm, fused (math and layout in csrc/common/qk_norm.h).
+
+  imm_ext::qk_norm(qkv, q_weight, k_weight, heads, eps) -> (out, stats)
+      qkv (B, T, 3 C) is the fused projection (q, k, v for all heads, head-major: C = heads * Dh);
+      out (2, B, H, T, Dh) holds RMSNorm(q) * q_weight and RMSNorm(k) * k_weight per head, the
+      layout attention reads, from one pass over q and k; stats (2, B, H, T) the rows' rstd.
+  imm_ext::qk_norm_backward(grad, qkv, q_weight, k_weight, stats, heads) -> (grad_qkv, grad_q_weight,
+      grad_k_weight), grad_qkv zero in v's part (v's own gradient reaches qkv through its view).
+
+Computation is in the accumulation dtype (float64 for float64, float32 otherwise); rows whose squares
+would overflow keep a finite rstd (as the DiT block's norms do). One PyTorch math, `qk_norm_reference`
+and its backward formulas: what runs on devices without a kernel and under create_graph=True, and the
+tests' oracle.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _core
+from .checks import accumulate_dtype, check_int, check_like, check_scalar, check_shape, check_tensor
+from .conditioning_ops import _norm_statistics
+from .device import has_kernel, kernel_device_type, run_kernel
+
+Tensor = torch.Tensor
+
+CHUNK_ROWS = {"cpu": 64, "cuda": 32}  # rows per partial sum of the weights' gradients (their order)
+
+
+def _check_qk_norm(qkv, q_weight, k_weight, heads, eps) -> int:
+    """The head width Dh, after checking every argument."""
+    check_tensor("qkv", qkv)
+    heads = check_int("heads", heads)
+    if qkv.dim() != 3 or qkv.shape[-1] % (3 * heads) or qkv.shape[-1] == 0:
+        raise ValueError(f"qkv must have shape (B, T, 3 * heads * head_dim) with heads={heads}; "
+                         f"got {tuple(qkv.shape)}")
+    dim = qkv.shape[-1] // (3 * heads)
+    for name, weight in (("q_weight", q_weight), ("k_weight", k_weight)):
+        check_tensor(name, weight)
+        check_shape(name, weight, (dim,), "(head_dim,)")
+        check_like(name, weight, qkv, "qkv", dtype=True)
+    check_scalar("eps", eps, accumulate_dtype(qkv.dtype), minimum=0.0)
+    return dim
+
+
+def _heads_shape(qkv: Tensor, heads: int) -> Tuple[int, int, int, int]:
+    batch, tokens, width = qkv.shape
+    return batch, tokens, heads, width // (3 * heads)
+
+
+def qk_norm_reference(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int,
+                      eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """q, k (B, H, T, Dh) in qkv's dtype: RMSNorm over each head's Dh values times the weight, in
+    the accumulation dtype (the same math as csrc/common/qk_norm.h, in PyTorch)."""
+    out, _ = _reference_forward(qkv, q_weight, k_weight, heads, eps)
+    return out[0], out[1]
+
+
+def _reference_forward(qkv, q_weight, k_weight, heads, eps) -> Tuple[Tensor, Tensor]:
+    """(out (2, B, H, T, Dh) in qkv's dtype, rstd (2, B, H, T) in the accumulation dtype)."""
+    batch, tokens, heads, dim = _heads_shape(qkv, heads)
+    acc = accumulate_dtype(qkv.dtype)
+    parts = qkv.to(acc).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
+    _, rstd = _norm_statistics(parts, True, eps)
+    weights = torch.stack([q_weight, k_weight]).to(acc).view(2, 1, 1, 1, dim)
+    return (parts * rstd * weights).to(qkv.dtype), rstd.squeeze(-1)
+
+
+def _reference_backward(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int,
+                        eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The backward formulas of csrc/common/qk_norm.h in PyTorch, differentiable in every input (the
+    rows' rstd recomputed from qkv): the kernel-less backward and the one under create_graph=True."""
+    batch, tokens, heads, dim = _heads_shape(qkv, heads)
+    acc = accumulate_dtype(qkv.dtype)
+    parts = qkv.to(acc).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
+    _, rstd = _norm_statistics(parts, True, eps)
+    xhat, g = parts * rstd, grad.to(acc)
+    dxhat = g * torch.stack([q_weight, k_weight]).to(acc).view(2, 1, 1, 1, dim)
+    grad_parts = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdim=True))
+    grad_qkv = torch.cat([grad_parts.permute(1, 3, 0, 2, 4), torch.zeros_like(grad_parts[:1].permute(1, 3, 0, 2, 4))], 2)
+    grad_weights = (g * xhat).sum((1, 2, 3))
+    return (grad_qkv.reshape(qkv.shape).to(qkv.dtype), grad_weights[0].to(qkv.dtype),
+            grad_weights[1].to(qkv.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels (or the reference where no kernel applies)
+
+def _forward(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int, eps: float) -> Tuple[Tensor, Tensor]:
+    _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
+    qkv, q_weight, k_weight = qkv.contiguous(), q_weight.contiguous(), k_weight.contiguous()
+    if not has_kernel(qkv):
+        return _reference_forward(qkv, q_weight, k_weight, heads, eps)
+    batch, tokens, heads, dim = _heads_shape(qkv, heads)
+    out = qkv.new_empty((2, batch, heads, tokens, dim))
+    stats = qkv.new_empty((2, batch, heads, tokens), dtype=accumulate_dtype(qkv.dtype))
+    run_kernel(_core._C.qk_norm_forward, qkv.device, _core.dtype_code(qkv.dtype), batch, tokens, heads, dim, eps,
+               qkv.data_ptr(), q_weight.data_ptr(), k_weight.data_ptr(), out.data_ptr(), stats.data_ptr())
+    return out, stats
+
+
+def _backward(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, stats: Tensor,
+              heads: int, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
+    batch, tokens, heads, dim = _heads_shape(qkv, heads)
+    check_tensor("grad", grad)
+    check_shape("grad", grad, (2, batch, heads, tokens, dim), "(2, B, heads, T, head_dim)")
+    check_like("grad", grad, qkv, "qkv")
+    grad, qkv = grad.to(qkv.dtype).contiguous(), qkv.contiguous()
+    q_weight, k_weight, stats = q_weight.contiguous(), k_weight.contiguous(), stats.contiguous()
+    if not has_kernel(qkv):
+        grad_qkv, grad_q_weight, grad_k_weight = _reference_backward(grad, qkv, q_weight, k_weight, heads, eps)
+        return grad_qkv, grad_q_weight.clone(), grad_k_weight.clone()  # two views of one sum: no aliasing
+    chunk_rows = CHUNK_ROWS[kernel_device_type(qkv)]
+    chunks = -(-batch * heads * tokens // chunk_rows)
+    grad_qkv = torch.empty_like(qkv)
+    partials = qkv.new_empty((2, chunks, dim), dtype=accumulate_dtype(qkv.dtype))
+    run_kernel(_core._C.qk_norm_backward, qkv.device, _core.dtype_code(qkv.dtype), batch, tokens, heads, dim,
+               chunk_rows, grad.data_ptr(), qkv.data_ptr(), q_weight.data_ptr(), k_weight.data_ptr(), stats.data_ptr(),
+               grad_qkv.data_ptr(), partials.data_ptr())
+    return grad_qkv, partials[0].sum(0).to(qkv.dtype), partials[1].sum(0).to(qkv.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom ops, their fakes and their gradient rule
+
+@torch.library.custom_op("imm_ext::qk_norm", mutates_args=())
+def qk_norm_op(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int, eps: float) -> Tuple[Tensor, Tensor]:
+    return _forward(qkv, q_weight, k_weight, heads, eps)
+
+
+@qk_norm_op.register_fake
+def _(qkv, q_weight, k_weight, heads, eps):
+    dim = _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
+    batch, tokens = qkv.shape[:2]
+    return (qkv.new_empty((2, batch, heads, tokens, dim)),
+            qkv.new_empty((2, batch, heads, tokens), dtype=accumulate_dtype(qkv.dtype)))
+
+
+@torch.library.custom_op("imm_ext::qk_norm_backward", mutates_args=())
+def qk_norm_backward_op(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, stats: Tensor, heads: int,
+                        eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward(grad, qkv, q_weight, k_weight, stats, heads, eps)
+
+
+@qk_norm_backward_op.register_fake
+def _(grad, qkv, q_weight, k_weight, stats, heads, eps):
+    _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
+    return torch.empty_like(qkv), torch.empty_like(q_weight), torch.empty_like(k_weight)
+
+
+def _setup(ctx, inputs, output):
+    qkv, q_weight, k_weight, heads, eps = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(qkv, q_weight, k_weight, output[1])
+    ctx.heads, ctx.eps = heads, eps
+
+
+def _grads(ctx, grad: Optional[Tensor], _grad_stats) -> tuple:
+    qkv, q_weight, k_weight, stats = ctx.saved_tensors
+    if grad is None:
+        return None, None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
+        grads = _reference_backward(grad, qkv, q_weight, k_weight, ctx.heads, ctx.eps)
+    else:
+        grads = qk_norm_backward_op(grad, qkv, q_weight, k_weight, stats, ctx.heads, ctx.eps)
+    return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None)
+
+
+qk_norm_op.register_autograd(_grads, setup_context=_setup)
+
+
+def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """RMSNorm of every head's query and key with learned weights, fused: from the qkv projection
+    (B, T, 3 C) (q, k, v for all heads, C = heads * head_dim) to q, k (B, heads, T, head_dim), each
+    contiguous, in qkv's dtype: x / sqrt(mean(x^2) + eps) * weight over each head's head_dim values.
+
+    q_weight, k_weight: (head_dim,) tensors of qkv's dtype and device. Differentiable in all three
+    (twice, through the reference). dtypes float32, float64, bfloat16, float16.
+    """
+    _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
+    out, _ = qk_norm_op(qkv, q_weight, k_weight, heads, float(eps))
+    return out[0], out[1]
