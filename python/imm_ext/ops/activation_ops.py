@@ -11,9 +11,9 @@ beyond |x| > 10 the value is x or -0 and the slope 1 or 0, so +inf gives +inf an
 on a device without a compiled kernel take the same formulas in PyTorch below, which are also the
 backward under create_graph=True (so double backward is exact).
 
-As in conditioning_ops.py, two routes reach the same kernels: the torch.library custom ops under
-torch.compile, and a torch.autograd.Function twin in eager mode (no custom-op dispatch). Both run
-`_check_gelu_tanh` / `_check_gelu_tanh_backward` in the functions they share (the fakes too).
+The op is declared once with ops/fused_op.py (the custom ops imm_ext::gelu_tanh and
+imm_ext::gelu_tanh_backward under torch.compile, an autograd.Function over the same functions in
+eager mode); `_check_gelu_tanh` / `_check_gelu_tanh_backward` run in every route, the fakes too.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import torch
 from .. import _core
 from .device import has_kernel, run_kernel
 from .checks import accumulate_dtype, check_like, check_tensor
+from .fused_op import fused_op
 
 Tensor = torch.Tensor
 
@@ -57,7 +58,7 @@ def _gelu_tanh_backward_torch(grad: Tensor, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks (every route: the custom ops, their fakes, the Function twin)
+# Argument checks (every route: the kernels' callers and the fakes)
 
 def _check_gelu_tanh(x) -> None:
     check_tensor("x", x)
@@ -93,37 +94,12 @@ def _gelu_tanh_backward(grad: Tensor, x: Tensor) -> Tensor:
     return grad_x
 
 
-def _gelu_tanh_grads(ctx, grad: Tensor, backward) -> tuple:
-    """Gradient of x; ctx saved (x,)."""
-    (x,) = ctx.saved_tensors
-    if grad is None or not ctx.needs_input_grad[0]:
-        return (None,)
-    if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
-        return (_gelu_tanh_backward_torch(grad, x),)
-    return (backward(grad, x),)
-
-
-# ---------------------------------------------------------------------------------------------
-# The torch.library custom ops (the route under torch.compile)
-
-@torch.library.custom_op("imm_ext::gelu_tanh", mutates_args=())
-def gelu_tanh_op(x: Tensor) -> Tensor:
-    return _gelu_tanh_forward(x)
-
-
-@gelu_tanh_op.register_fake
-def _(x):
+def _gelu_tanh_fake(x):
     _check_gelu_tanh(x)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("imm_ext::gelu_tanh_backward", mutates_args=())
-def gelu_tanh_backward_op(grad: Tensor, x: Tensor) -> Tensor:
-    return _gelu_tanh_backward(grad, x)
-
-
-@gelu_tanh_backward_op.register_fake
-def _(grad, x):
+def _gelu_tanh_backward_fake(grad, x):
     _check_gelu_tanh_backward(grad, x)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -132,22 +108,19 @@ def _gelu_tanh_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
 
 
-gelu_tanh_op.register_autograd(lambda ctx, grad: _gelu_tanh_grads(ctx, grad, gelu_tanh_backward_op),
-                               setup_context=_gelu_tanh_setup)
+def _gelu_tanh_grads(ctx, grads: tuple, backward) -> tuple:
+    """Gradient of x; ctx saved (x,)."""
+    (x,), (grad,) = ctx.saved_tensors, grads
+    if grad is None or not ctx.needs_input_grad[0]:
+        return (None,)
+    if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
+        return (_gelu_tanh_backward_torch(grad, x),)
+    return (backward(grad, x),)
 
 
-# ---------------------------------------------------------------------------------------------
-# The torch.autograd.Function twin (the eager route: no custom-op dispatch)
-
-class _GeluTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _gelu_tanh_forward(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gelu_tanh_grads(ctx, grad, _gelu_tanh_backward)
+_gelu_tanh = fused_op("gelu_tanh", _gelu_tanh_forward, _gelu_tanh_fake, _gelu_tanh_backward, _gelu_tanh_backward_fake,
+                      _gelu_tanh_setup, _gelu_tanh_grads)
+gelu_tanh_op, gelu_tanh_backward_op = _gelu_tanh.op, _gelu_tanh.backward_op
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -159,6 +132,4 @@ def gelu_tanh(x: Tensor) -> Tensor:
     -0 (the limits; torch's gelu gives NaN at -inf); NaN propagates.
     """
     _check_gelu_tanh(x)
-    if torch.compiler.is_compiling():
-        return gelu_tanh_op(x)
-    return _GeluTanh.apply(x)
+    return _gelu_tanh(x)

@@ -18,15 +18,11 @@ are deterministic (per-chunk partials summed in a fixed order). Tensors on a dev
 compiled kernel take the pure-PyTorch path below, which is also the backward under create_graph=True
 (so double backward is exact: the kernels' backward is not itself differentiable).
 
-Two routes reach the same kernels and gradient rules: under torch.compile the public functions call
-the torch.library custom ops (fake kernels let the compiler trace them); in eager mode they call
-torch.autograd.Function twins that launch the kernels directly, skipping the custom-op dispatch,
-which roughly halves the host time per call (forward + backward of gate_residual on a tiny input on
-the 2-core development machine: 107 us through the custom op, 57 us through the Function; eager
-PyTorch's x + gate * y takes 40 us). On a GPU at DiT-S sizes that host time is most of the cost.
-
-Both routes run the checks of the section "Argument checks" in the functions they share (and the
-fake kernels run them too): shapes, dtypes and devices the kernels rely on, eps and max_period
+Each op is declared once with ops/fused_op.py: under torch.compile the public functions reach the
+torch.library custom ops (fake kernels let the compiler trace them), in eager mode an
+autograd.Function over the same functions, which skips the custom-op dispatch (on a GPU at DiT-S
+sizes that host time is most of the cost). Every route runs the checks of the section "Argument
+checks" (the fake kernels too): shapes, dtypes and devices the kernels rely on, eps and max_period
 finite in the dtype they are used in. The public functions check only what they need before
 promoting dtypes.
 """
@@ -40,6 +36,7 @@ import torch
 from .. import _core
 from .block_reference import gate_residual_reference
 from .device import has_kernel, kernel_device_type, run_kernel
+from .fused_op import fused_op
 from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_int, check_like, check_real, check_scalar,
                      check_shape, check_tensor)
 from .options import check_choice
@@ -74,7 +71,7 @@ def _partials(x: Tensor, parts: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks (every route: the custom ops, their fakes, the Function twins)
+# Argument checks (every route: the kernels' callers and the fakes)
 
 def _check_activations(name: str, x) -> None:
     check_tensor(name, x)
@@ -235,9 +232,11 @@ def _norm_modulate_backward(grad: Tensor, x: Tensor, stats: Tensor, scale: Tenso
     return grad_x, grad_shift, grad_scale
 
 
-def _norm_modulate_grads(ctx, grad: Tensor, backward) -> tuple:
-    """Gradients of (x, shift, scale, rms, eps); ctx saved (x, scale, stats), rms and eps."""
+def _norm_modulate_grads(ctx, grads: tuple, backward) -> tuple:
+    """Gradients of (x, shift, scale, rms, eps) from those of (y, stats); ctx saved (x, scale, stats),
+    rms and eps."""
     x, scale, stats = ctx.saved_tensors
+    grad = grads[0]
     if grad is None:
         return None, None, None, None, None
     if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
@@ -282,9 +281,10 @@ def _gate_residual_backward(grad: Tensor, gate: Tensor, y: Tensor) -> Tuple[Tens
     return grad_y, grad_gate
 
 
-def _gate_residual_grads(ctx, grad: Tensor, backward) -> tuple:
+def _gate_residual_grads(ctx, grads: tuple, backward) -> tuple:
     """Gradients of (x, gate, y); ctx saved (gate, y)."""
     gate, y = ctx.saved_tensors
+    (grad,) = grads
     need_x, need_gate, need_y = ctx.needs_input_grad
     grad_gate = grad_y = None
     if need_gate or need_y:
@@ -343,9 +343,9 @@ def _timestep_embedding_backward(grad: Tensor, c: Tensor, max_period: float) -> 
     return grad_c
 
 
-def _timestep_embedding_grads(ctx, grad: Tensor, backward) -> tuple:
+def _timestep_embedding_grads(ctx, grads: tuple, backward) -> tuple:
     """Gradients of (c, dim, max_period, dtype); ctx saved (c,) and max_period."""
-    (c,) = ctx.saved_tensors
+    (c,), (grad,) = ctx.saved_tensors, grads
     if not ctx.needs_input_grad[0]:
         return None, None, None, None
     if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
@@ -356,29 +356,17 @@ def _timestep_embedding_grads(ctx, grad: Tensor, backward) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------
-# The torch.library custom ops (the route under torch.compile)
+# The ops, each declared once (ops/fused_op.py): imm_ext::<name> and imm_ext::<name>_backward under
+# torch.compile, an autograd.Function over the same functions in eager mode
 
-@torch.library.custom_op("imm_ext::norm_modulate", mutates_args=())
-def norm_modulate_op(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
-    return _norm_modulate_forward(x, shift, scale, rms, eps)
-
-
-@norm_modulate_op.register_fake
-def _(x, shift, scale, rms, eps):
+def _norm_modulate_fake(x, shift, scale, rms, eps):
     _check_norm_modulate(x, shift, scale, eps)
     rows = x.numel() // x.shape[-1]
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             x.new_empty((rows, 2), dtype=accumulate_dtype(x.dtype)))
 
 
-@torch.library.custom_op("imm_ext::norm_modulate_backward", mutates_args=())
-def norm_modulate_backward_op(grad: Tensor, x: Tensor, stats: Tensor, scale: Tensor, rms: bool,
-                              eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    return _norm_modulate_backward(grad, x, stats, scale, rms, eps)
-
-
-@norm_modulate_backward_op.register_fake
-def _(grad, x, stats, scale, rms, eps):
+def _norm_modulate_backward_fake(grad, x, stats, scale, rms, eps):
     _check_norm_modulate_backward(grad, x, stats, scale, eps)
     per_sample = lambda: torch.empty_like(scale, memory_format=torch.contiguous_format)
     return torch.empty_like(x, memory_format=torch.contiguous_format), per_sample(), per_sample()
@@ -391,29 +379,17 @@ def _norm_modulate_setup(ctx, inputs, output):
     ctx.rms, ctx.eps = rms, eps
 
 
-norm_modulate_op.register_autograd(
-    lambda ctx, grad, _grad_stats: _norm_modulate_grads(ctx, grad, norm_modulate_backward_op),
-    setup_context=_norm_modulate_setup)
+_norm_modulate = fused_op("norm_modulate", _norm_modulate_forward, _norm_modulate_fake, _norm_modulate_backward,
+                          _norm_modulate_backward_fake, _norm_modulate_setup, _norm_modulate_grads)
+norm_modulate_op, norm_modulate_backward_op = _norm_modulate.op, _norm_modulate.backward_op
 
 
-@torch.library.custom_op("imm_ext::gate_residual", mutates_args=())
-def gate_residual_op(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
-    return _gate_residual_forward(x, gate, y)
-
-
-@gate_residual_op.register_fake
-def _(x, gate, y):
+def _gate_residual_fake(x, gate, y):
     _check_gate_residual(x, gate, y)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("imm_ext::gate_residual_backward", mutates_args=())
-def gate_residual_backward_op(grad: Tensor, gate: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
-    return _gate_residual_backward(grad, gate, y)
-
-
-@gate_residual_backward_op.register_fake
-def _(grad, gate, y):
+def _gate_residual_backward_fake(grad, gate, y):
     _check_gate_residual_backward(grad, gate, y)
     return (torch.empty_like(y, memory_format=torch.contiguous_format),
             torch.empty_like(gate, memory_format=torch.contiguous_format))
@@ -423,28 +399,17 @@ def _gate_residual_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1], inputs[2])
 
 
-gate_residual_op.register_autograd(lambda ctx, grad: _gate_residual_grads(ctx, grad, gate_residual_backward_op),
-                                   setup_context=_gate_residual_setup)
+_gate_residual = fused_op("gate_residual", _gate_residual_forward, _gate_residual_fake, _gate_residual_backward,
+                          _gate_residual_backward_fake, _gate_residual_setup, _gate_residual_grads)
+gate_residual_op, gate_residual_backward_op = _gate_residual.op, _gate_residual.backward_op
 
 
-@torch.library.custom_op("imm_ext::timestep_embedding", mutates_args=())
-def timestep_embedding_op(c: Tensor, dim: int, max_period: float, dtype: torch.dtype) -> Tensor:
-    return _timestep_embedding_forward(c, dim, max_period, dtype)
-
-
-@timestep_embedding_op.register_fake
-def _(c, dim, max_period, dtype):
+def _timestep_embedding_fake(c, dim, max_period, dtype):
     _check_timestep_embedding(c, dim, max_period, dtype)
     return c.new_empty((c.shape[0], dim), dtype=dtype)
 
 
-@torch.library.custom_op("imm_ext::timestep_embedding_backward", mutates_args=())
-def timestep_embedding_backward_op(grad: Tensor, c: Tensor, max_period: float) -> Tensor:
-    return _timestep_embedding_backward(grad, c, max_period)
-
-
-@timestep_embedding_backward_op.register_fake
-def _(grad, c, max_period):
+def _timestep_embedding_backward_fake(grad, c, max_period):
     _check_timestep_embedding_backward(grad, c, max_period)
     return torch.empty_like(c)
 
@@ -454,52 +419,15 @@ def _timestep_embedding_setup(ctx, inputs, output):
     ctx.max_period = inputs[2]
 
 
-timestep_embedding_op.register_autograd(
-    lambda ctx, grad: _timestep_embedding_grads(ctx, grad, timestep_embedding_backward_op),
-    setup_context=_timestep_embedding_setup)
+_timestep_embedding = fused_op("timestep_embedding", _timestep_embedding_forward, _timestep_embedding_fake,
+                               _timestep_embedding_backward, _timestep_embedding_backward_fake,
+                               _timestep_embedding_setup, _timestep_embedding_grads)
+timestep_embedding_op = _timestep_embedding.op
+timestep_embedding_backward_op = _timestep_embedding.backward_op
 
 
 # ---------------------------------------------------------------------------------------------
-# Their torch.autograd.Function twins (the eager route: no custom-op dispatch)
-
-class _NormModulate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, shift, scale, rms, eps):
-        y, stats = _norm_modulate_forward(x, shift, scale, rms, eps)
-        ctx.save_for_backward(x, scale, stats)
-        ctx.rms, ctx.eps = rms, eps
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _norm_modulate_grads(ctx, grad, _norm_modulate_backward)
-
-
-class _GateResidual(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, gate, y):
-        ctx.save_for_backward(gate, y)
-        return _gate_residual_forward(x, gate, y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gate_residual_grads(ctx, grad, _gate_residual_backward)
-
-
-class _TimestepEmbedding(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, c, dim, max_period, dtype):
-        ctx.save_for_backward(c)
-        ctx.max_period = max_period
-        return _timestep_embedding_forward(c, dim, max_period, dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _timestep_embedding_grads(ctx, grad, _timestep_embedding_backward)
-
-
-# ---------------------------------------------------------------------------------------------
-# Public functions: argument checks, dtype promotion, then one of the two routes.
+# Public functions: argument checks and dtype promotion, then the op.
 
 def _promoted(*tensors: Tensor) -> Tuple[Tensor, ...]:
     dtype = tensors[0].dtype
@@ -523,9 +451,7 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, norm: str = "layer
     check_choice("norm", norm, NORMS)
     check_real("eps", eps, "a finite number > 0")
     x, shift, scale = _promoted(x, shift, scale)
-    if torch.compiler.is_compiling():
-        return norm_modulate_op(x, shift, scale, norm == "rms", eps)[0]
-    return _NormModulate.apply(x, shift, scale, norm == "rms", eps)
+    return _norm_modulate(x, shift, scale, norm == "rms", eps)[0]
 
 
 def gate_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
@@ -537,16 +463,11 @@ def gate_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     for name, t in (("x", x), ("gate", gate), ("y", y)):
         check_tensor(name, t)
     x, gate, y = _promoted(x, gate, y)
-    if torch.compiler.is_compiling():
-        return gate_residual_op(x, gate, y)
-    return _GateResidual.apply(x, gate, y)
+    return _gate_residual(x, gate, y)
 
 
 def _embed(c: Tensor, dim: int, max_period: float, dtype: torch.dtype) -> Tensor:
-    c = c.to(torch.float64)
-    if torch.compiler.is_compiling():
-        return timestep_embedding_op(c, dim, max_period, dtype)
-    return _TimestepEmbedding.apply(c, dim, max_period, dtype)
+    return _timestep_embedding(c.to(torch.float64), dim, max_period, dtype)
 
 
 def timestep_embedding(c: Tensor, dim: int, max_period: float = 10_000.0,

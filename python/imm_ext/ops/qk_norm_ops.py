@@ -14,7 +14,7 @@ tests' oracle.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -22,6 +22,7 @@ from .. import _core
 from .checks import accumulate_dtype, check_int, check_like, check_scalar, check_shape, check_tensor
 from .conditioning_ops import _norm_statistics
 from .device import has_kernel, kernel_device_type, run_kernel
+from .fused_op import fused_op
 
 Tensor = torch.Tensor
 
@@ -123,29 +124,16 @@ def _backward(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, sta
 
 
 # ---------------------------------------------------------------------------------------------
-# The custom ops, their fakes and their gradient rule
+# The op, declared once (ops/fused_op.py): its fakes and its gradient rule
 
-@torch.library.custom_op("imm_ext::qk_norm", mutates_args=())
-def qk_norm_op(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int, eps: float) -> Tuple[Tensor, Tensor]:
-    return _forward(qkv, q_weight, k_weight, heads, eps)
-
-
-@qk_norm_op.register_fake
-def _(qkv, q_weight, k_weight, heads, eps):
+def _fake(qkv, q_weight, k_weight, heads, eps):
     dim = _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
     batch, tokens = qkv.shape[:2]
     return (qkv.new_empty((2, batch, heads, tokens, dim)),
             qkv.new_empty((2, batch, heads, tokens), dtype=accumulate_dtype(qkv.dtype)))
 
 
-@torch.library.custom_op("imm_ext::qk_norm_backward", mutates_args=())
-def qk_norm_backward_op(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, stats: Tensor, heads: int,
-                        eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    return _backward(grad, qkv, q_weight, k_weight, stats, heads, eps)
-
-
-@qk_norm_backward_op.register_fake
-def _(grad, qkv, q_weight, k_weight, stats, heads, eps):
+def _backward_fake(grad, qkv, q_weight, k_weight, stats, heads, eps):
     _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
     return torch.empty_like(qkv), torch.empty_like(q_weight), torch.empty_like(k_weight)
 
@@ -157,18 +145,21 @@ def _setup(ctx, inputs, output):
     ctx.heads, ctx.eps = heads, eps
 
 
-def _grads(ctx, grad: Optional[Tensor], _grad_stats) -> tuple:
+def _grads(ctx, grads: tuple, backward) -> tuple:
+    """Gradients of (qkv, q_weight, k_weight, heads, eps) from those of (out, stats)."""
     qkv, q_weight, k_weight, stats = ctx.saved_tensors
+    grad = grads[0]
     if grad is None:
         return None, None, None, None, None
     if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
-        grads = _reference_backward(grad, qkv, q_weight, k_weight, ctx.heads, ctx.eps)
+        found = _reference_backward(grad, qkv, q_weight, k_weight, ctx.heads, ctx.eps)
     else:
-        grads = qk_norm_backward_op(grad, qkv, q_weight, k_weight, stats, ctx.heads, ctx.eps)
-    return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None)
+        found = backward(grad, qkv, q_weight, k_weight, stats, ctx.heads, ctx.eps)
+    return (*(g if needed else None for g, needed in zip(found, ctx.needs_input_grad)), None, None)
 
 
-qk_norm_op.register_autograd(_grads, setup_context=_setup)
+_qk_norm = fused_op("qk_norm", _forward, _fake, _backward, _backward_fake, _setup, _grads)
+qk_norm_op, qk_norm_backward_op = _qk_norm.op, _qk_norm.backward_op
 
 
 def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
@@ -180,5 +171,5 @@ def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int, eps: fl
     (twice, through the reference). dtypes float32, float64, bfloat16, float16.
     """
     _check_qk_norm(qkv, q_weight, k_weight, heads, eps)
-    out, _ = qk_norm_op(qkv, q_weight, k_weight, heads, float(eps))
+    out, _ = _qk_norm(qkv, q_weight, k_weight, heads, float(eps))
     return out[0], out[1]
