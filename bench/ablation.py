@@ -3,7 +3,7 @@ ablations and the recipe search behind the tuned presets.
 
     python bench/quality.py --ablation particles --budgets 300      # M in {1, 2, 4, 8} at batch 128
     python bench/quality.py --ablation recipe --budgets 300         # the search, both methods
-    python bench/quality.py --ablation network --budgets 300        # DiT patch 2 or 1, or a small UNet
+    python bench/quality.py --ablation network --budgets 300        # DiT patch 2 or 4, or a small UNet
 
 A variant is the preset plus overrides. The ablations (particles, mapping, kernel, weighting, noise,
 schedule) change nothing that costs time, so every variant trains for the same number of steps as its
@@ -58,11 +58,13 @@ VARIANT_SETS: Dict[str, tuple] = {
     "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
                         "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
                         "T=0.999": ["method.T=0.999"]}),
-    # The network at equal wall time, both methods: the preset's DiT on 2x2 patches, on single pixels,
-    # and a small DDPM++ UNet of about its cost.
+    # The network at equal wall time, both methods: the preset's DiT on 2x2 patches (16 tokens of an 8x8
+    # digit), on 4x4 patches (4 tokens: cheaper, so more steps, or a wider DiT in the same time), and a
+    # small DDPM++ UNet.
     "network": ("time", {
         "IMM DiT patch 2 (preset)": [], "FM DiT patch 2 (preset)": FM_BEST,
-        "IMM DiT patch 1": ["model.options.patch_size=1"], "FM DiT patch 1": [*FM_BEST, "model.options.patch_size=1"],
+        "IMM DiT patch 4": ["model.options.patch_size=4"], "FM DiT patch 4": [*FM_BEST, "model.options.patch_size=4"],
+        "IMM DiT patch 4 width 128": ["model.options.patch_size=4", "model.options.hidden_size=128"],
         "IMM UNet": UNET, "FM UNet": [*FM_BEST, *UNET]}),
     # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
     "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": FM_BEST,
@@ -202,10 +204,20 @@ def figure(results: dict, path: Path) -> Path:
     axes.set_xticks(range(len(jobs)), [results["variants"][job] for job in jobs], rotation=30, ha="right",
                     fontsize=8)
     axes.set_ylabel("FD (lower is better)")
-    unit = f"{results['budget_s']:g} s each" if results["mode"] == "time" else f"{results['steps'][jobs[0]]} steps each"
+    unit = f"{results['budget_s']:g} s each" if results["mode"] == "time" else _steps_per_method(results)
     axes.set_title(f"{results['dataset']}, {results['set']}: {unit}, {len(results['seeds'])} seed(s)", fontsize=10)
     axes.legend(fontsize=8, frameon=False)
     return save_figure(figure_, path)
+
+
+def _steps_per_method(results: dict) -> str:
+    """'N steps each', or 'IMM N, FM M steps' where the methods train at their own speeds."""
+    counts = {}
+    for job, overrides in results["overrides"].items():
+        counts.setdefault("FM" if is_flow_matching(overrides) else "IMM", results["steps"][job])
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} steps each"
+    return ", ".join(f"{method} {steps}" for method, steps in counts.items()) + " steps"
 
 
 def _slug(label: str) -> str:
