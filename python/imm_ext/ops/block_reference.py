@@ -22,19 +22,36 @@ def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],))
 
 
+def _scaled_rows(xa: Tensor, rms: bool, eps: float):
+    """(x / s, its row mean (0 for RMSNorm) and 1 / sqrt(variance + eps / s^2), s), keepdim, for the
+    power of two s >= 1 that brings max |x| below 2: exact, and the squares of rows near the top of the
+    float range do not overflow (s = 1 for rows already below 2)."""
+    s = torch.exp2(torch.floor(torch.log2(xa.detach().abs().amax(-1, keepdim=True)))).clamp_min(1)
+    xs = xa / s
+    mean = torch.zeros_like(xs[..., :1]) if rms else xs.mean(-1, keepdim=True)
+    return xs, mean, torch.rsqrt((xs - mean).square().mean(-1, keepdim=True) + eps / s**2), s
+
+
+def norm_statistics(xa: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
+    """Row mean (0 for RMSNorm) and 1 / sqrt(variance + eps) over the last dim, differentiable, keepdim."""
+    _, mean, rstd, s = _scaled_rows(xa, rms, eps)
+    return mean * s, rstd / s
+
+
+def normalized_rows(xa: Tensor, rms: bool, eps: float) -> Tensor:
+    """(x - mean) / sqrt(variance + eps) over the last dim (RMSNorm: x / sqrt(mean square + eps)),
+    differentiable, finite for every finite row."""
+    xs, mean, rstd, _ = _scaled_rows(xa, rms, eps)
+    return (xs - mean) * rstd
+
+
 def norm_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: str = "layer",
                             eps: float = 1e-6) -> Tensor:
     """adaLN modulation (DiT): norm(x) * (1 + scale) + shift over the last dim of x (B, ..., C),
     with shift, scale of shape (B, C); norm is LayerNorm without affine ("layer") or RMSNorm ("rms")."""
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, shift.dtype), scale.dtype)
     acc = accumulate_dtype(out_dtype)
-    # Normalised as x / s for the power of two s >= 1 that brings max |x| below 2, with eps / s^2:
-    # the same result (the scaling is exact), and no overflow of the squares of huge rows.
-    xs = x.to(acc)
-    s = torch.exp2(torch.floor(torch.log2(xs.detach().abs().amax(-1, keepdim=True)))).clamp_min(1)
-    xs = xs / s
-    centered = xs if norm == "rms" else xs - xs.mean(-1, keepdim=True)
-    normed = centered * torch.rsqrt(centered.square().mean(-1, keepdim=True) + eps / s**2)
+    normed = normalized_rows(x.to(acc), norm == "rms", eps)
     return (normed * (1 + _per_sample(scale.to(acc), x)) + _per_sample(shift.to(acc), x)).to(out_dtype)
 
 
@@ -55,23 +72,28 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] 
     return (weights @ v.to(acc)).to(out_dtype)
 
 
+def embedding_frequencies(half: int, max_period: float, device: torch.device) -> Tensor:
+    """f_k = max_period^(-k / half) for k < half, float64."""
+    k = torch.arange(half, dtype=torch.float64, device=device)
+    return torch.exp(-math.log(max_period) * k / half)
+
+
+def timestep_embedding_reference(c: Tensor, dim: int, max_period: float = 10_000.0,
+                                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal embedding of one time input (imm-method.md §2.3): (B,) -> (B, dim) [cos(c f_k),
+    sin(c f_k)], arguments c f_k in float64; odd dim gets a zero column; the result in `dtype`."""
+    arguments = c.to(torch.float64)[:, None] * embedding_frequencies(dim // 2, max_period, c.device)[None]
+    parts = [torch.cos(arguments), torch.sin(arguments)]
+    if dim % 2:
+        parts.append(torch.zeros_like(c, dtype=torch.float64)[:, None])
+    return torch.cat(parts, dim=1).to(dtype)
+
+
 def timestep_embedding_pair_reference(c_t: Tensor, c_s: Tensor, dim: int, max_period: float = 10_000.0,
                                       dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor]:
-    """Sinusoidal embeddings of both time inputs (imm-method.md §2.3): [cos(c f_k), sin(c f_k)] with
-    f_k = max_period^(-k / half), k < half = dim // 2, arguments c f_k in float64; odd dim gets a zero
-    column. Returns (embedding of c_t, embedding of c_s), each (B, dim) in `dtype`."""
-    half = dim // 2
-    k = torch.arange(half, dtype=torch.float64, device=c_t.device)
-    frequencies = torch.exp(-math.log(max_period) * k / half)
-
-    def embed(c: Tensor) -> Tensor:
-        arguments = c.to(torch.float64)[:, None] * frequencies[None]
-        parts = [torch.cos(arguments), torch.sin(arguments)]
-        if dim % 2:
-            parts.append(torch.zeros_like(c, dtype=torch.float64)[:, None])
-        return torch.cat(parts, dim=1).to(dtype)
-
-    return embed(c_t), embed(c_s)
+    """The embeddings of both time inputs, (embedding of c_t, embedding of c_s), each (B, dim)."""
+    return (timestep_embedding_reference(c_t, dim, max_period, dtype),
+            timestep_embedding_reference(c_s, dim, max_period, dtype))
 
 
 def gelu_tanh_reference(x: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ from typing import Tuple
 import torch
 
 from .. import _core
-from .block_reference import gate_residual_reference
+from .block_reference import (embedding_frequencies, gate_residual_reference, norm_modulate_reference,
+                              norm_statistics, normalized_rows, timestep_embedding_reference)
 from .device import has_kernel, kernel_device_type, run_kernel
 from .fused_op import fused_op
 from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_int, check_like, check_real, check_scalar,
@@ -170,22 +171,11 @@ def _check_timestep_embedding_backward(grad, c, max_period) -> None:
 # ---------------------------------------------------------------------------------------------
 # norm + modulate: kernels (or PyTorch where no kernel applies) and the gradient rule
 
-def _norm_statistics(xa: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
-    """Row mean (0 for RMSNorm) and 1 / sqrt(variance + eps), differentiable, keepdim. Taken of x / s
-    for the power of two s >= 1 that brings max |x| below 2 (exact; s = 1 for rows already below 2),
-    so that the squares of rows near the top of the float range do not overflow."""
-    s = torch.exp2(torch.floor(torch.log2(xa.detach().abs().amax(-1, keepdim=True)))).clamp_min(1)
-    xs = xa / s
-    mean = torch.zeros_like(xs[..., :1]) if rms else xs.mean(-1, keepdim=True)
-    return mean * s, torch.rsqrt((xs - mean).square().mean(-1, keepdim=True) + eps / s**2) / s
-
-
 def _norm_modulate_torch(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
-    acc = accumulate_dtype(x.dtype)
-    xa = x.to(acc)
-    mean, rstd = _norm_statistics(xa, rms, eps)
-    y = (xa - mean) * rstd * (1 + _per_sample(scale.to(acc), x)) + _per_sample(shift.to(acc), x)
-    return y.to(x.dtype), torch.cat([mean, rstd], -1).reshape(-1, 2)
+    """The reference's value and the row statistics the backward keeps."""
+    mean, rstd = norm_statistics(x.to(accumulate_dtype(x.dtype)), rms, eps)
+    y = norm_modulate_reference(x, shift, scale, "rms" if rms else "layer", eps)
+    return y, torch.cat([mean, rstd], -1).reshape(-1, 2)
 
 
 def _norm_modulate_backward_torch(grad: Tensor, x: Tensor, scale: Tensor, rms: bool,
@@ -194,8 +184,8 @@ def _norm_modulate_backward_torch(grad: Tensor, x: Tensor, scale: Tensor, rms: b
     (the row statistics are recomputed from x)."""
     acc = accumulate_dtype(x.dtype)
     xa, ga = x.to(acc), grad.to(acc)
-    mean, rstd = _norm_statistics(xa, rms, eps)
-    xhat = (xa - mean) * rstd
+    _, rstd = norm_statistics(xa, rms, eps)
+    xhat = normalized_rows(xa, rms, eps)
     dxhat = ga * (1 + _per_sample(scale.to(acc), x))
     centred = dxhat if rms else dxhat - dxhat.mean(-1, keepdim=True)
     grad_x = rstd * (centred - xhat * (dxhat * xhat).mean(-1, keepdim=True))
@@ -298,22 +288,9 @@ def _gate_residual_grads(ctx, grads: tuple, backward) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # sinusoidal time embedding
 
-def _frequencies(half: int, max_period: float, device: torch.device) -> Tensor:
-    """f_k = max_period^(-k / half), float64, in the order of operations of the reference."""
-    k = torch.arange(half, dtype=torch.float64, device=device)
-    return torch.exp(-math.log(max_period) * k / half)
-
-
-def _timestep_embedding_torch(c: Tensor, dim: int, max_period: float, dtype: torch.dtype) -> Tensor:
-    half = dim // 2
-    arguments = c[:, None] * _frequencies(half, max_period, c.device)[None]
-    parts = [torch.cos(arguments), torch.sin(arguments)] + ([torch.zeros_like(c[:, None])] if dim % 2 else [])
-    return torch.cat(parts, 1).to(dtype)
-
-
 def _timestep_embedding_backward_torch(grad: Tensor, c: Tensor, max_period: float) -> Tensor:
     half = grad.shape[1] // 2
-    frequencies = _frequencies(half, max_period, c.device)[None]
+    frequencies = embedding_frequencies(half, max_period, c.device)[None]
     arguments = c[:, None] * frequencies
     g = grad.to(torch.float64)
     return (frequencies * (g[:, half:2 * half] * torch.cos(arguments) - g[:, :half] * torch.sin(arguments))).sum(1)
@@ -324,7 +301,7 @@ def _timestep_embedding_forward(c: Tensor, dim: int, max_period: float, dtype: t
     _check_timestep_embedding(c, dim, max_period, dtype)
     c = c.contiguous()
     if not has_kernel(c):
-        return _timestep_embedding_torch(c, dim, max_period, dtype)
+        return timestep_embedding_reference(c, dim, max_period, dtype)
     out = c.new_empty((c.shape[0], dim), dtype=dtype)
     run_kernel(_core._C.timestep_embedding_forward, c.device, _core.dtype_code(dtype), c.shape[0], dim,
                math.log(max_period), c.data_ptr(), out.data_ptr())

@@ -20,7 +20,7 @@ import torch
 
 from .. import _core
 from .checks import accumulate_dtype, check_int, check_like, check_scalar, check_shape, check_tensor
-from .conditioning_ops import _norm_statistics
+from .block_reference import norm_statistics
 from .device import has_kernel, kernel_device_type, run_kernel
 from .fused_op import fused_op
 
@@ -63,7 +63,7 @@ def _reference_forward(qkv, q_weight, k_weight, heads, eps) -> Tuple[Tensor, Ten
     batch, tokens, heads, dim = _heads_shape(qkv, heads)
     acc = accumulate_dtype(qkv.dtype)
     parts = qkv.to(acc).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
-    _, rstd = _norm_statistics(parts, True, eps)
+    _, rstd = norm_statistics(parts, True, eps)
     weights = torch.stack([q_weight, k_weight]).to(acc).view(2, 1, 1, 1, dim)
     return (parts * rstd * weights).to(qkv.dtype), rstd.squeeze(-1)
 
@@ -75,7 +75,7 @@ def _reference_backward(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: T
     batch, tokens, heads, dim = _heads_shape(qkv, heads)
     acc = accumulate_dtype(qkv.dtype)
     parts = qkv.to(acc).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
-    _, rstd = _norm_statistics(parts, True, eps)
+    _, rstd = norm_statistics(parts, True, eps)
     xhat, g = parts * rstd, grad.to(acc)
     dxhat = g * torch.stack([q_weight, k_weight]).to(acc).view(2, 1, 1, 1, dim)
     grad_parts = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdim=True))
