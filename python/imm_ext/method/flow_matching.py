@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..ops.options import check_choice
+from ..ops.checks import check_choice
 from .arguments import check_finite_real
 from .loss import drop_labels
 from .parametrization import IMMParametrization

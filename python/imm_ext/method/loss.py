@@ -19,7 +19,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from ..ops import interpolant_pair, mmd_terms
-from ..ops.options import KERNELS, check_choice
+from ..ops.checks import check_choice
+from ..ops.pairwise_checks import KERNELS
 from .arguments import check_finite_real
 from .mapping import RMapping
 from .parametrization import IMMParametrization, c_out

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from ..ops.checks import require_all
-from ..ops.options import check_choice
+from ..ops.checks import check_choice
 from .arguments import TimeLike, as_float64, check_finite_real, check_time_bounds
 from .schedules import NoiseSchedule, ScheduleLike, get_schedule
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..ops import sampler_step
-from ..ops.options import check_choice
+from ..ops.checks import check_choice
 from .arguments import TimeLike, as_float64, broadcast_to_data, check_finite_real
 from .schedules import FlowMatchingSchedule, NoiseSchedule, ScheduleLike, get_schedule
 

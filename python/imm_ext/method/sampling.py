@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..ops.options import check_choice
+from ..ops.checks import check_choice
 from .arguments import check_finite_real, check_time_bounds
 from .parametrization import IMMParametrization
 from .schedules import NoiseSchedule, ScheduleLike, get_schedule

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.options import check_choice
+from ..ops.checks import check_choice
 from .arguments import TimeLike, as_float64, check_finite_real
 from .schedules import NoiseSchedule, ScheduleLike, get_schedule
 

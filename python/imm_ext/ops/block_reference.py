@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .options import accumulate_dtype
+from .checks import accumulate_dtype
 
 Tensor = torch.Tensor
 

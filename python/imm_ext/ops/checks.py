@@ -1,8 +1,8 @@
 """Argument checks shared by every op family: tensors, dtypes, devices, and scalars in their dtype.
 
-Each family keeps its own checks in one function next to its ops (options.py for the pairwise
-kernels, `_check_*` in attention_ops.py, conditioning_ops.py, activation_ops.py and
-interpolant_ops.py); those functions run inside the custom ops' bodies, so they hold for direct
+Each family keeps its own checks in one function next to its ops (pairwise_checks.py for the
+pairwise kernels, `_check_*` in attention_ops.py, conditioning_ops.py, activation_ops.py,
+qk_norm_ops.py and interpolant_ops.py); those functions run inside the custom ops' bodies, so they hold for direct
 `torch.ops.imm_ext.*` calls and under torch.compile as well as for the public functions. They are
 built from the helpers here, which look only at metadata (no host-device synchronisation), except
 `require_all` and `check_finite_values`, which read a tensor's values (on a GPU without waiting for them).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import struct
 from numbers import Real
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -27,6 +27,13 @@ _DTYPE_NAMES = "float32, float64, bfloat16 or float16"
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other supported dtype accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """`value` if it is one of the strings `choices`, else a ValueError naming the argument."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
 
 
 def check_tensor(name: str, t, dtypes=SUPPORTED_DTYPES, dtype_names: str = _DTYPE_NAMES) -> None:

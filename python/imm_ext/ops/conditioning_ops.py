@@ -38,9 +38,8 @@ from .block_reference import (embedding_frequencies, gate_residual_reference, no
                               norm_statistics, normalized_rows, timestep_embedding_reference)
 from .device import has_kernel, kernel_device_type, run_kernel
 from .fused_op import fused_op
-from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_int, check_like, check_real, check_scalar,
-                     check_shape, check_tensor)
-from .options import check_choice
+from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_choice, check_int, check_like, check_real,
+                     check_scalar, check_shape, check_tensor)
 
 Tensor = torch.Tensor
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import pairwise_ops
-from .options import (ESTIMATORS, KERNELS, REDUCTIONS, Bandwidth, DistanceScale, accumulate_dtype,
+from .pairwise_checks import (ESTIMATORS, KERNELS, REDUCTIONS, Bandwidth, DistanceScale, accumulate_dtype,
                       bandwidth_table, check_choice, check_eps, check_point_sets,
                       resolve_distance_scale)
 from .reference import kernel_profile, reduce_per_set

@@ -21,7 +21,7 @@ import torch
 from .. import _core
 from . import reference
 from .device import has_kernel, run_kernel
-from .options import accumulate_dtype, check_pair_gradient_op, check_pair_op
+from .pairwise_checks import accumulate_dtype, check_pair_gradient_op, check_pair_op
 
 Tensor = torch.Tensor
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._core import KERNEL_CODES
-from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_finite_values,  # noqa: F401 (re-exported)
+from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_choice, check_finite_values,  # noqa: F401
                      check_like, check_scalar, check_shape, check_tensor)
 
 KERNELS = tuple(KERNEL_CODES)
@@ -50,12 +50,6 @@ class PairInputs:
     @property
     def dim(self) -> int:
         return self.x.shape[2]
-
-
-def check_choice(name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
 
 
 def _check_set_sizes(x: torch.Tensor, y: torch.Tensor, names: tuple = ("x", "y")) -> None:
