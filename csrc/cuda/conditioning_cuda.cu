@@ -17,28 +17,13 @@
 #include "conditioning_cuda.h"
 #include "launch.cuh"
 #include "shared_memory.cuh"
+#include "warp_reduce.cuh"
 
 namespace imm::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = kThreads / kWarp;
-
-template <class T>
-__device__ T warp_sum(T v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-template <class T>
-__device__ T warp_max(T v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const T other = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = other > v ? other : v;
-  }
-  return v;
-}
 
 template <class F>
 void dispatch_norm(bool rms, F&& f) {

@@ -10,28 +10,13 @@
 #include "../common/qk_norm.h"
 #include "launch.cuh"
 #include "shared_memory.cuh"
+#include "warp_reduce.cuh"
 
 namespace imm::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = kThreads / kWarp;
-
-template <class T>
-__device__ T warp_sum(T v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-template <class T>
-__device__ T warp_max(T v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const T other = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = other > v ? other : v;
-  }
-  return v;
-}
 
 // The sum over the warp of (s x)^2 for the row's values x.
 template <class In, class T>
