@@ -27,6 +27,7 @@ import torch
 
 from .. import _core
 from .device import has_kernel, run_kernel
+from .fused_op import fused_op
 from .checks import accumulate_dtype, check_like, check_real, check_scalar, check_shape, check_tensor
 
 Tensor = torch.Tensor
@@ -132,17 +133,15 @@ def _check_attention_backward(grad_out, q, k, v, out, lse, scale) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# imm_ext::attention_forward, imm_ext::attention_inference
+# The forward with lse (training) and imm_ext::attention_inference
 
-@torch.library.custom_op("imm_ext::attention_forward", mutates_args=())
-def attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
+def _training_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
     """(out, lse): out (B, H, Tq, Dh) in q's dtype, lse (B, H, Tq) in the accumulation dtype."""
     _check_attention(q, k, v, scale)
     return _forward(q, k, v, scale, save_lse=True)
 
 
-@attention_forward.register_fake
-def _(q, k, v, scale):
+def _training_forward_fake(q, k, v, scale):
     _check_attention(q, k, v, scale)
     out = _empty_laid_out_like(_rows_contiguous(q), q.shape[2])
     return out, q.new_empty(q.shape[:3], dtype=accumulate_dtype(q.dtype))
@@ -162,10 +161,9 @@ def _(q, k, v, scale):
 
 
 # ---------------------------------------------------------------------------------------------
-# imm_ext::attention_backward
+# The backward, and the training route's declaration
 
-@torch.library.custom_op("imm_ext::attention_backward", mutates_args=())
-def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_q, grad_k, grad_v) in q's dtype, each laid out like its input."""
     _check_attention_backward(grad_out, q, k, v, out, lse, scale)
@@ -193,8 +191,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
     return grad_q, grad_k, grad_v
 
 
-@attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, scale):
+def _backward_fake(grad_out, q, k, v, out, lse, scale):
     _check_attention_backward(grad_out, q, k, v, out, lse, scale)
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     return tuple(_empty_laid_out_like(t, t.shape[2]) for t in (q, k, v))
@@ -208,13 +205,20 @@ def _attention_setup(ctx, inputs, output):
     ctx.scale = scale
 
 
-def _attention_backward(ctx, grad_out, grad_lse):
+def _attention_grads(ctx, grads: tuple, backward) -> tuple:
+    """Gradients of (q, k, v, scale) from those of (out, lse) (first order)."""
     q, k, v, out, lse = ctx.saved_tensors
-    grads = attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
-    return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[:3])) + (None,)
+    if grads[0] is None:
+        return None, None, None, None
+    found = backward(grads[0], q, k, v, out, lse, ctx.scale)
+    return tuple(g if needed else None for g, needed in zip(found, ctx.needs_input_grad[:3])) + (None,)
 
 
-attention_forward.register_autograd(_attention_backward, setup_context=_attention_setup)
+# The training route, declared once (ops/fused_op.py): imm_ext::attention_forward and
+# imm_ext::attention_backward under torch.compile, an autograd.Function over the same functions eagerly.
+_attention = fused_op("attention_forward", _training_forward, _training_forward_fake, _backward, _backward_fake,
+                      _attention_setup, _attention_grads, backward_name="attention_backward")
+attention_forward, attention_backward = _attention.op, _attention.backward_op
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,5 +243,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return attention_forward(q, k, v, scale)[0]
+        return _attention(q, k, v, scale)[0]
     return attention_inference(q, k, v, scale)

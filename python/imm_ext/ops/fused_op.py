@@ -19,7 +19,7 @@ There is one autograd rule per op (`gradients`), whichever route runs.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -37,10 +37,12 @@ class FusedOp:
 
 
 def fused_op(name: str, forward: Callable, forward_fake: Callable, backward: Callable, backward_fake: Callable,
-             setup: Callable, gradients: Callable) -> FusedOp:
+             setup: Callable, gradients: Callable, backward_name: Optional[str] = None) -> FusedOp:
+    """The op `imm_ext::<name>` and its backward `imm_ext::<backward_name>` (default `<name>_backward`)."""
     op = torch.library.custom_op(f"imm_ext::{name}", forward, mutates_args=())
     op.register_fake(forward_fake)
-    backward_op = torch.library.custom_op(f"imm_ext::{name}_backward", backward, mutates_args=())
+    backward_op = torch.library.custom_op(f"imm_ext::{backward_name or name + '_backward'}", backward,
+                                          mutates_args=())
     backward_op.register_fake(backward_fake)
     op.register_autograd(lambda ctx, *grads: gradients(ctx, grads, backward_op), setup_context=setup)
 
