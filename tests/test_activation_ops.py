@@ -1,7 +1,8 @@
 """imm_ext.ops.gelu_tanh: values and gradients against the pure-PyTorch reference of
 ops/block_reference.py and torch's own gelu(approximate="tanh"), saturation and infinities, every CPU
-instruction-set build, the op contract (gradcheck, opcheck, torch.compile, fallback path) and bad
-input. CUDA vs CPU lives in test_cuda.py."""
+instruction-set build, the fallback path and bad input. The generic contract (both routes, gradcheck,
+opcheck, compile) is tests/test_fused_op_contract.py's; CUDA vs CPU on many shapes lives in
+test_cuda.py."""
 import os
 import subprocess
 import sys
@@ -121,31 +122,6 @@ def test_every_instruction_set_build():
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err[-3000:]
         assert out.split()[-1] == isa
-
-
-def test_gradcheck_and_gradgradcheck():
-    x = _data((3, 17), torch.float64, 7, std=2.0).requires_grad_()
-    assert torch.autograd.gradcheck(gelu_tanh, (x,))
-    assert torch.autograd.gradgradcheck(gelu_tanh, (x,))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck(dtype):
-    x = _data((2, 5, 7), dtype, 8)
-    torch.library.opcheck(activation_ops.gelu_tanh_op, (x.requires_grad_(),))
-    torch.library.opcheck(activation_ops.gelu_tanh_backward_op, (_data((2, 5, 7), dtype, 9), x.detach()))
-
-
-def test_torch_compile_fullgraph_matches_eager():
-    def block(x):
-        return gelu_tanh(2.0 * x) + 1.0
-
-    x, cotangent = _data((4, 33), torch.float32, 10), _data((4, 33), torch.float32, 11)
-    torch._dynamo.reset()
-    got, got_grad = _value_and_grad(torch.compile(block, fullgraph=True), x, cotangent)
-    want, want_grad = _value_and_grad(block, x, cotangent)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got_grad, want_grad)
 
 
 def test_fallback_path_matches_kernels(monkeypatch):

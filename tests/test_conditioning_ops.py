@@ -1,6 +1,7 @@
 """imm_ext.ops.norm_modulate, gate_residual and timestep_embedding_pair: values and gradients against
-the pure-PyTorch references of ops/block_reference.py, large activations, determinism, the op
-contract (gradcheck, opcheck, torch.compile, fallback path) and bad input. CUDA vs CPU lives in
+the pure-PyTorch references of ops/block_reference.py, large activations, determinism, opcheck of the
+backward ops, torch.compile of a whole conditioning path, the fallback path and bad input. Gradcheck
+and the rest of the generic contract are tests/test_fused_op_contract.py's; CUDA vs CPU lives in
 test_cuda.py."""
 import pytest
 import torch
@@ -202,27 +203,6 @@ def test_timestep_embedding_pair_gradients():
 
 # ---------------------------------------------------------------------------------------------
 # The op contract
-
-def _gradcheck_problems():
-    x, shift, scale = (t.requires_grad_() for t in _norm_inputs((2, 3, 4), torch.float64, 23))
-    gate, y = _data((2, 4), seed=24).requires_grad_(), _data((2, 3, 4), seed=25).requires_grad_()
-    c_t, c_s = (c.requires_grad_() for c in (_times(3, 26) / 100, _times(3, 27) / 100))
-    return {
-        "layer": (lambda *a: norm_modulate(*a, norm="layer"), (x, shift, scale)),
-        "rms": (lambda *a: norm_modulate(*a, norm="rms"), (x, shift, scale)),
-        "gate": (gate_residual, (x, gate, y)),
-        "embedding": (lambda a, b: timestep_embedding_pair(a, b, 9, dtype=torch.float64), (c_t, c_s)),
-    }
-
-
-@pytest.mark.parametrize("problem", ["layer", "rms", "gate", "embedding"])
-def test_gradcheck_and_gradgradcheck(problem):
-    """First derivatives through the kernels; second derivatives (create_graph=True) through the
-    differentiable PyTorch formulas of the backward."""
-    fn, inputs = _gradcheck_problems()[problem]
-    assert torch.autograd.gradcheck(fn, inputs)
-    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_opcheck(dtype):

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._core import KERNEL_CODES
-from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_choice, check_finite_values,  # noqa: F401
+from .checks import (accumulate_dtype, check_choice, check_finite_values,  # noqa: F401 (re-exported)
                      check_like, check_scalar, check_shape, check_tensor)
 
 KERNELS = tuple(KERNEL_CODES)
