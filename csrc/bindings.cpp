@@ -293,13 +293,8 @@ imm::AttentionShape attention_shape(const Target& on, int dtype, int64_t batch, 
 void attention_forward(const Target& on, int dtype, int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len,
                        int64_t head_dim, double scale, HeadSpec q, HeadSpec k, HeadSpec v, HeadSpec out,
                        std::uintptr_t lse) {
-  imm::AttentionForwardTask task;
-  task.shape = attention_shape(on, dtype, batch, heads, q_len, kv_len, head_dim, scale);
-  task.q = head_tensor(q);
-  task.k = head_tensor(k);
-  task.v = head_tensor(v);
-  task.out = head_tensor(out);
-  task.lse = out_ptr(lse);
+  const imm::AttentionForwardTask task{attention_shape(on, dtype, batch, heads, q_len, kv_len, head_dim, scale),
+                                       head_tensor(q), head_tensor(k), head_tensor(v), head_tensor(out), out_ptr(lse)};
   on.run(imm::cpu::attention_forward, IMM_CUDA_KERNEL(imm::cuda::attention_forward), std::cref(task));
 }
 
@@ -308,17 +303,10 @@ void attention_backward(const Target& on, int dtype, int64_t batch, int64_t head
                         int64_t head_dim, double scale, HeadSpec q, HeadSpec k, HeadSpec v, HeadSpec out,
                         HeadSpec grad_out, std::uintptr_t lse, HeadSpec grad_q, HeadSpec grad_k, HeadSpec grad_v) {
   on.require(lse != 0, "lse is required");
-  imm::AttentionBackwardTask task;
-  task.shape = attention_shape(on, dtype, batch, heads, q_len, kv_len, head_dim, scale);
-  task.q = head_tensor(q);
-  task.k = head_tensor(k);
-  task.v = head_tensor(v);
-  task.out = head_tensor(out);
-  task.grad_out = head_tensor(grad_out);
-  task.lse = in_ptr(lse);
-  task.grad_q = head_tensor(grad_q);
-  task.grad_k = head_tensor(grad_k);
-  task.grad_v = head_tensor(grad_v);
+  const imm::AttentionBackwardTask task{attention_shape(on, dtype, batch, heads, q_len, kv_len, head_dim, scale),
+                                        head_tensor(q), head_tensor(k), head_tensor(v), head_tensor(out),
+                                        head_tensor(grad_out), head_tensor(grad_q), head_tensor(grad_k),
+                                        head_tensor(grad_v), in_ptr(lse)};
   on.run(imm::cpu::attention_backward, IMM_CUDA_KERNEL(imm::cuda::attention_backward), std::cref(task));
 }
 
