@@ -204,6 +204,7 @@ def figure(results: dict, path: Path) -> Path:
     axes.set_xticks(range(len(jobs)), [results["variants"][job] for job in jobs], rotation=30, ha="right",
                     fontsize=8)
     axes.set_ylabel("FD (lower is better)")
+    axes.set_ylim(0, 1.25 * max(y for points in bars.values() for _, y in points))  # room for the legend
     unit = f"{results['budget_s']:g} s each" if results["mode"] == "time" else _steps_per_method(results)
     axes.set_title(f"{results['dataset']}, {results['set']}: {unit}, {len(results['seeds'])} seed(s)", fontsize=10)
     axes.legend(fontsize=8, frameon=False)
