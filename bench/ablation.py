@@ -9,8 +9,8 @@ A variant is the preset plus overrides. The ablations (particles, mapping, kerne
 schedule) change nothing that costs time, so every variant trains for the same number of steps as its
 method's preset: that preset's measured speed times the budget. The recipe search and the network set
 change the network or the batch, so each variant trains for its own speed times the budget (equal wall
-time): all variants are timed at once, so that each sees the same load, and scaled by the two presets
-timed side by side as the equal-time study runs them.
+time): each variant is timed beside its method's preset, two processes at a time as training runs them,
+and scaled by the two presets timed side by side as the equal-time study runs them.
 Training runs two at a time with one thread each.
 IMM variants are scored at 1, 2, 4 and 8 steps, flow-matching variants with Euler and Heun at 1 to 100
 steps; the table and the bar figure show IMM at 1 and 2 steps and flow matching's best at 50 network
@@ -143,13 +143,18 @@ def stored_speeds(stored: Dict[str, float], jobs: Dict[str, List[str]], mode: st
 
 
 def equal_load_speeds(dataset: str, jobs: Dict[str, List[str]], timing_steps: int) -> Dict[str, float]:
-    """Steps per second of every job, fair between them: all jobs timed at once (the same load for
-    each) give their speeds relative to their method's preset (the first job of each method); the
-    presets, timed as a pair like the equal-time study runs them, give the scale."""
-    together = measure_speeds(dataset, jobs, timing_steps)
+    """Steps per second of every job under the load training puts on it, two processes at a time: the
+    presets timed as a pair (as the equal-time study runs them) give the scale, and each other job,
+    timed beside its method's preset, its speed relative to that preset. (Timing every job at once
+    skews the ratios: the jobs that finish their steps first leave the later ones more of the machine.)"""
     presets = method_presets(jobs)
     pair = measure_speeds(dataset, {job: jobs[job] for job in set(presets.values())}, timing_steps)
-    return {job: pair[preset] * together[job] / together[preset] for job, preset in presets.items()}
+    speeds = {job: pair[job] for job in pair}
+    for job, preset in presets.items():
+        if job != preset:
+            beside = measure_speeds(dataset, {preset: jobs[preset], job: jobs[job]}, timing_steps)
+            speeds[job] = pair[preset] * beside[job] / beside[preset]
+    return {job: speeds[job] for job in jobs}
 
 
 def method_presets(jobs: Dict[str, List[str]]) -> Dict[str, str]:
