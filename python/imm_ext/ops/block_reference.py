@@ -22,27 +22,17 @@ def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],))
 
 
-def _scaled_rows(xa: Tensor, rms: bool, eps: float):
-    """(x / s, its row mean (0 for RMSNorm) and 1 / sqrt(variance + eps / s^2), s), keepdim, for the
-    power of two s >= 1 that brings max |x| below 2: exact, and the squares of rows near the top of the
-    float range do not overflow (s = 1 for rows already below 2)."""
+def normalized_rows(xa: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """(xhat, mean, rstd) over the last dim, differentiable, mean and rstd keepdim: xhat = (x - mean) *
+    rstd, rstd = 1 / sqrt(variance + eps) (RMSNorm: mean 0 and the mean square). Taken of x / s for the
+    power of two s >= 1 that brings max |x| below 2, with eps / s^2 (exact; s = 1 for rows already
+    below 2), so that the squares of rows near the top of the float range do not overflow and xhat is
+    finite for every finite row."""
     s = torch.exp2(torch.floor(torch.log2(xa.detach().abs().amax(-1, keepdim=True)))).clamp_min(1)
     xs = xa / s
     mean = torch.zeros_like(xs[..., :1]) if rms else xs.mean(-1, keepdim=True)
-    return xs, mean, torch.rsqrt((xs - mean).square().mean(-1, keepdim=True) + eps / s**2), s
-
-
-def norm_statistics(xa: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
-    """Row mean (0 for RMSNorm) and 1 / sqrt(variance + eps) over the last dim, differentiable, keepdim."""
-    _, mean, rstd, s = _scaled_rows(xa, rms, eps)
-    return mean * s, rstd / s
-
-
-def normalized_rows(xa: Tensor, rms: bool, eps: float) -> Tensor:
-    """(x - mean) / sqrt(variance + eps) over the last dim (RMSNorm: x / sqrt(mean square + eps)),
-    differentiable, finite for every finite row."""
-    xs, mean, rstd, _ = _scaled_rows(xa, rms, eps)
-    return (xs - mean) * rstd
+    rstd = torch.rsqrt((xs - mean).square().mean(-1, keepdim=True) + eps / s**2)
+    return (xs - mean) * rstd, mean * s, rstd / s
 
 
 def norm_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: str = "layer",
@@ -51,7 +41,7 @@ def norm_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: str =
     with shift, scale of shape (B, C); norm is LayerNorm without affine ("layer") or RMSNorm ("rms")."""
     out_dtype = torch.promote_types(torch.promote_types(x.dtype, shift.dtype), scale.dtype)
     acc = accumulate_dtype(out_dtype)
-    normed = normalized_rows(x.to(acc), norm == "rms", eps)
+    normed, _, _ = normalized_rows(x.to(acc), norm == "rms", eps)
     return (normed * (1 + _per_sample(scale.to(acc), x)) + _per_sample(shift.to(acc), x)).to(out_dtype)
 
 

@@ -35,7 +35,7 @@ import torch
 
 from .. import _core
 from .block_reference import (embedding_frequencies, gate_residual_reference, norm_modulate_reference,
-                              norm_statistics, normalized_rows, timestep_embedding_reference)
+                              normalized_rows, timestep_embedding_reference)
 from .device import has_kernel, kernel_device_type, run_kernel
 from .fused_op import fused_op
 from .checks import (SUPPORTED_DTYPES, accumulate_dtype, check_choice, check_int, check_like, check_real,
@@ -172,7 +172,7 @@ def _check_timestep_embedding_backward(grad, c, max_period) -> None:
 
 def _norm_modulate_torch(x: Tensor, shift: Tensor, scale: Tensor, rms: bool, eps: float) -> Tuple[Tensor, Tensor]:
     """The reference's value and the row statistics the backward keeps."""
-    mean, rstd = norm_statistics(x.to(accumulate_dtype(x.dtype)), rms, eps)
+    _, mean, rstd = normalized_rows(x.to(accumulate_dtype(x.dtype)), rms, eps)
     y = norm_modulate_reference(x, shift, scale, "rms" if rms else "layer", eps)
     return y, torch.cat([mean, rstd], -1).reshape(-1, 2)
 
@@ -183,8 +183,7 @@ def _norm_modulate_backward_torch(grad: Tensor, x: Tensor, scale: Tensor, rms: b
     (the row statistics are recomputed from x)."""
     acc = accumulate_dtype(x.dtype)
     xa, ga = x.to(acc), grad.to(acc)
-    _, rstd = norm_statistics(xa, rms, eps)
-    xhat = normalized_rows(xa, rms, eps)
+    xhat, _, rstd = normalized_rows(xa, rms, eps)
     dxhat = ga * (1 + _per_sample(scale.to(acc), x))
     centred = dxhat if rms else dxhat - dxhat.mean(-1, keepdim=True)
     grad_x = rstd * (centred - xhat * (dxhat * xhat).mean(-1, keepdim=True))

@@ -20,7 +20,7 @@ import torch
 
 from .. import _core
 from .checks import accumulate_dtype, check_int, check_like, check_scalar, check_shape, check_tensor
-from .block_reference import norm_statistics
+from .block_reference import normalized_rows
 from .device import has_kernel, kernel_device_type, run_kernel
 from .fused_op import fused_op
 
@@ -58,31 +58,36 @@ def qk_norm_reference(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: in
     return out[0], out[1]
 
 
+def _normalized_parts(qkv: Tensor, heads: int, eps: float) -> Tuple[Tensor, Tensor]:
+    """(xhat, rstd) of q and k, (2, B, H, T, Dh) and (2, B, H, T, 1), in the accumulation dtype."""
+    batch, tokens, heads, dim = _heads_shape(qkv, heads)
+    parts = qkv.to(accumulate_dtype(qkv.dtype)).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
+    xhat, _, rstd = normalized_rows(parts, True, eps)
+    return xhat, rstd
+
+
+def _weights(q_weight: Tensor, k_weight: Tensor, like: Tensor) -> Tensor:
+    """The two weights as (2, 1, 1, 1, Dh) in the dtype of `like`, broadcasting against the parts."""
+    return torch.stack([q_weight, k_weight]).to(like.dtype).view(2, 1, 1, 1, -1)
+
+
 def _reference_forward(qkv, q_weight, k_weight, heads, eps) -> Tuple[Tensor, Tensor]:
     """(out (2, B, H, T, Dh) in qkv's dtype, rstd (2, B, H, T) in the accumulation dtype)."""
-    batch, tokens, heads, dim = _heads_shape(qkv, heads)
-    acc = accumulate_dtype(qkv.dtype)
-    parts = qkv.to(acc).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
-    _, rstd = norm_statistics(parts, True, eps)
-    weights = torch.stack([q_weight, k_weight]).to(acc).view(2, 1, 1, 1, dim)
-    return (parts * rstd * weights).to(qkv.dtype), rstd.squeeze(-1)
+    xhat, rstd = _normalized_parts(qkv, heads, eps)
+    return (xhat * _weights(q_weight, k_weight, xhat)).to(qkv.dtype), rstd.squeeze(-1)
 
 
 def _reference_backward(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, heads: int,
                         eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     """The backward formulas of csrc/common/qk_norm.h in PyTorch, differentiable in every input (the
     rows' rstd recomputed from qkv): the kernel-less backward and the one under create_graph=True."""
-    batch, tokens, heads, dim = _heads_shape(qkv, heads)
-    acc = accumulate_dtype(qkv.dtype)
-    parts = qkv.to(acc).view(batch, tokens, 3, heads, dim)[:, :, :2].permute(2, 0, 3, 1, 4)
-    _, rstd = norm_statistics(parts, True, eps)
-    xhat, g = parts * rstd, grad.to(acc)
-    dxhat = g * torch.stack([q_weight, k_weight]).to(acc).view(2, 1, 1, 1, dim)
+    xhat, rstd = _normalized_parts(qkv, heads, eps)
+    g = grad.to(xhat.dtype)
+    dxhat = g * _weights(q_weight, k_weight, xhat)
     grad_parts = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdim=True))
-    grad_qkv = torch.cat([grad_parts.permute(1, 3, 0, 2, 4), torch.zeros_like(grad_parts[:1].permute(1, 3, 0, 2, 4))], 2)
-    grad_weights = (g * xhat).sum((1, 2, 3))
-    return (grad_qkv.reshape(qkv.shape).to(qkv.dtype), grad_weights[0].to(qkv.dtype),
-            grad_weights[1].to(qkv.dtype))
+    grad_qkv = torch.cat([grad_parts, torch.zeros_like(grad_parts[:1])]).permute(1, 3, 0, 2, 4)
+    grad_q_weight, grad_k_weight = ((g[p] * xhat[p]).sum((0, 1, 2)).to(qkv.dtype) for p in range(2))
+    return grad_qkv.reshape(qkv.shape).to(qkv.dtype), grad_q_weight, grad_k_weight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,8 +116,7 @@ def _backward(grad: Tensor, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, sta
     grad, qkv = grad.to(qkv.dtype).contiguous(), qkv.contiguous()
     q_weight, k_weight, stats = q_weight.contiguous(), k_weight.contiguous(), stats.contiguous()
     if not has_kernel(qkv):
-        grad_qkv, grad_q_weight, grad_k_weight = _reference_backward(grad, qkv, q_weight, k_weight, heads, eps)
-        return grad_qkv, grad_q_weight.clone(), grad_k_weight.clone()  # two views of one sum: no aliasing
+        return _reference_backward(grad, qkv, q_weight, k_weight, heads, eps)
     chunk_rows = CHUNK_ROWS[kernel_device_type(qkv)]
     chunks = -(-batch * heads * tokens // chunk_rows)
     grad_qkv = torch.empty_like(qkv)

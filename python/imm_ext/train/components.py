@@ -5,7 +5,6 @@ network it was trained with."""
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
