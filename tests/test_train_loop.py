@@ -86,8 +86,12 @@ def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
     assert summary["skipped_steps"] == 1 and before.step == 6
 
     wrap_training_loss(monkeypatch, lambda loss_fn: poisoned(loss_fn, {"all"}))
-    with pytest.raises(TrainingDiverged, match="not finite for 3 steps in a row"):
-        Trainer(tiny_config("train.max_nonfinite=3"), run_dir=tmp_path / "b").run()
+    # The streak is read back on logged steps: every step here, so the run stops at the third.
+    with pytest.raises(TrainingDiverged, match=r"not finite for 3 steps in a row \(steps 1..3\)"):
+        Trainer(tiny_config("train.max_nonfinite=3", "log.log_every=1"), run_dir=tmp_path / "b").run()
+    # Logging every second step, it stops at the first logged step with a streak of 3 or more.
+    with pytest.raises(TrainingDiverged, match=r"not finite for 4 steps in a row \(steps 1..4\)"):
+        Trainer(tiny_config("train.max_nonfinite=3", "log.log_every=2"), run_dir=tmp_path / "c").run()
 
 
 @pytest.mark.parametrize("overrides", [["train.precision=bf16"], ["train.precision=fp16"],

@@ -92,9 +92,14 @@ def parametrize(network: nn.Module, method: MethodConfig, info: DataInfo) -> IMM
 
 
 def build_optimizer(parameters, config: OptimizerConfig) -> torch.optim.Optimizer:
-    classes = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "adam": torch.optim.Adam}
-    return classes[config.name](parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                                weight_decay=config.weight_decay)
+    """Adam and AdamW fused (they take the step guard's skip flag on the device); RAdam, which has no
+    fused kernel, keeps its step count on the GPU (capturable) so that putting a skipped step back never
+    waits for the host (step_guard.py)."""
+    parameters = list(parameters)
+    common = {"lr": config.lr, "betas": tuple(config.betas), "eps": config.eps, "weight_decay": config.weight_decay}
+    if config.name == "radam":
+        return torch.optim.RAdam(parameters, capturable=parameters[0].is_cuda, **common)
+    return {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.name](parameters, fused=True, **common)
 
 
 def learning_rate(config: OptimizerConfig, step: int, total_steps: int) -> float:

@@ -119,7 +119,7 @@ class LoopConfig:
     precision: str = "fp32"
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay_n = min(ema_decay, (1 + n) / (10 + n))
-    max_nonfinite: int = 10  # abort after this many consecutive non-finite losses / gradients
+    max_nonfinite: int = 10  # abort when a logged or checkpoint step sees this many non-finite steps in a row
     dist_timeout_s: float = 600.0  # collective timeout: a dead rank ends the job instead of hanging it
     threads: Optional[int] = None  # torch CPU threads (None: torch's default)
 

@@ -1,4 +1,5 @@
-"""Process-group setup for `torchrun` (single- or multi-node) and the few collectives the loop needs.
+"""Process-group setup for `torchrun` (single- or multi-node) and the few collectives the loop needs:
+the step's verdict is summed on the device, host flags (a stop) through a CPU group.
 
     torchrun --nproc_per_node 8 -m imm_ext.cli train --preset imagenet256-latent-XL data.path=latents.npz
     torchrun --nnodes 2 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --nproc_per_node 8 \
@@ -30,6 +31,7 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    host_group: Any = None  # the gloo group for host values (the default group on CPU runs)
 
     @property
     def enabled(self) -> bool:
@@ -70,9 +72,11 @@ def initialize(device_preference: str, timeout_s: float) -> DistributedContext:
     if world_size == 1:
         return DistributedContext(device=device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                            **({"device_id": device} if device.type == "cuda" else {}))
-    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, timeout=timeout, **({"device_id": device} if device.type == "cuda" else {}))
+    host_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                              host_group=host_group)
 
 
 def shutdown(context: DistributedContext) -> None:
@@ -88,13 +92,24 @@ def _collective(name: str, function, *arguments):
                           f"probably died or stopped responding: see its log") from None
 
 
-def sum_across_ranks(context: DistributedContext, values: torch.Tensor) -> torch.Tensor:
-    """Elementwise sum of a small float tensor over all ranks (the tensor itself on one process)."""
+def sum_on_device(context: DistributedContext, values: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum over all ranks of a small tensor on this rank's device, left on the device (the
+    host does not wait for it); the tensor itself on one process."""
     if not context.enabled:
         return values
-    values = values.to(context.device)
+    values = values.clone()
     _collective("all_reduce", dist.all_reduce, values)
-    return values.cpu()
+    return values
+
+
+def any_rank(context: DistributedContext, flag: bool) -> bool:
+    """Whether `flag` is true on any rank: a host value agreed through the CPU (gloo) group, so that no
+    device stream waits for it."""
+    if not context.enabled:
+        return flag
+    values = torch.tensor([float(flag)], dtype=torch.float64)
+    _collective("all_reduce", dist.all_reduce, values, dist.ReduceOp.SUM, context.host_group)
+    return bool(values[0] > 0)
 
 
 def gather_objects(context: DistributedContext, value: Any) -> List[Any]:

@@ -89,18 +89,18 @@ class RunLog:
         elapsed = time.perf_counter() - self.started
         return (step - self.first_step) / elapsed if elapsed > 0 else 0.0
 
-    def advance(self, step: int, loss: float) -> None:
+    def advance(self, step: int) -> None:
         """Every step: move the progress bar."""
         if self.bar is not None:
             self.bar.update(1)
-            if step % 10 == 0 or step == self.total_steps:
-                self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
     def record(self, step: int, values: Dict[str, float]) -> None:
         """A logged step: one JSON line, TensorBoard scalars, and a plain progress line without tqdm."""
         rate = self.rate(step)
         entry = {"step": step, **values, "steps_per_s": rate, "elapsed_s": time.perf_counter() - self.started}
         self.log_file.write(json.dumps(entry) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{values.get('loss', math.nan):.4g}", refresh=False)
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(f"train/{key}", value, step)
@@ -113,6 +113,8 @@ class RunLog:
         (self.bar.write if self.bar is not None else print)(text)
 
     def scalars(self, prefix: str, step: int, values: Dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{values.get('loss', math.nan):.4g}", refresh=False)
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):

@@ -13,9 +13,10 @@ into micro-batches that are multiples of M (gradient accumulation never splits a
 each with the gradient all-reduce only on the last, then all ranks agree on whether the loss and
 gradients were finite before the optimiser step and the EMA update, and after the step on whether a
 stop was requested.
-A non-finite step is skipped and counted; `train.max_nonfinite` in a row abort the run. No checkpoint is
-written during a non-finite streak, so the newest checkpoint on disk is always one from finite weights,
-and rotation never deletes it.
+A non-finite step is skipped and counted, on the device (step_guard.py): a step never waits for the
+host; the counters are read back on logged and checkpoint steps, where a streak of `train.max_nonfinite`
+or more non-finite steps aborts the run. No checkpoint is written during a non-finite streak, so the
+newest checkpoint on disk is always one from finite weights, and rotation never deletes it.
 
 Run directory: one run owns it for its whole life (run_directory.py; a second run fails at once naming
 the holder). A fresh run refuses a directory that holds checkpoints, and a resume refuses to mix runs
@@ -67,6 +68,7 @@ from .resume_check import check_resume
 from .rng_state import capture_rng_state, restore_rng_state, seed_everything
 from .run_directory import RunDirectoryLock
 from .run_log import RunLog, log_values, read_log, truncate_log
+from .step_guard import StepGuard, optimizer_step_unless
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -200,8 +202,8 @@ class Trainer:
         generator = torch.Generator(device=device).manual_seed(rank_seed(loop.seed, context.rank))
 
         # 4. Resume: everything above comes back as it was after the checkpoint's step.
-        step, skipped_total, consecutive_nonfinite = 0, 0, 0
-        interval_losses = []  # the logged loss is the mean over the steps since the last log line
+        step = 0
+        guard = StepGuard(device, counts_overflow_as_streak=scaler is None)
         checkpoint_dir = self.run_dir / CHECKPOINT_DIR
         resume_path, state = self._resume_point(context, checkpoint_dir)
         if state is not None:
@@ -210,9 +212,7 @@ class Trainer:
             if notes and context.is_main:
                 print(f"note: resuming {resume_path} with changed settings ({'; '.join(notes)}): the "
                       f"continuation differs from an uninterrupted run", file=sys.stderr)
-            step, skipped_total, consecutive_nonfinite = self._restore(state, context, network, ema, optimizer,
-                                                                       scaler, stream, generator)
-            interval_losses = [float(value) for value in state["interval_losses"]]
+            step = self._restore(state, context, network, ema, optimizer, scaler, stream, generator, guard)
             finished = (self.run_dir / "summary.json").is_file()
             if step > loop.steps or (step == loop.steps and finished):
                 raise ConfigError(f"train.steps: the checkpoint {str(resume_path)!r} is already at step {step}"
@@ -239,8 +239,7 @@ class Trainer:
                     "optimizer": optimizer.state_dict(), "scaler": None if scaler is None else scaler.state_dict(),
                     "config": dump_config(config), "network": {"kind": config.model.kind, "arguments": arguments},
                     "data_info": info.as_dict(), "world_size": context.world_size, "ranks": ranks,
-                    "counters": {"skipped_total": skipped_total, "consecutive_nonfinite": consecutive_nonfinite},
-                    "interval_losses": list(interval_losses)}
+                    "counters": guard.state_dict()}
 
         def write_checkpoint() -> Optional[Path]:
             payload = checkpoint_payload()  # a collective: every rank takes part
@@ -276,74 +275,54 @@ class Trainer:
                         if isinstance(value, torch.Tensor) and value.numel() == 1:
                             diagnostics[key] = diagnostics.get(key, 0.0) + value.detach().double() / chunks
 
-                # 6c. Gradient norm (clipped when asked); all ranks agree on whether the step is finite.
+                # 6c. Gradient norm (clipped when asked); the guard's verdict, agreed by all ranks on the device.
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 clip = config.optimizer.grad_clip if config.optimizer.grad_clip is not None else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-                finite = torch.isfinite(loss_total)
-                if scaler is None:  # a GradScaler skips its own overflowing steps
-                    finite = finite & torch.isfinite(grad_norm)
-                # The step's one host read (one device synchronisation): whether to step, and the loss.
-                verdict = torch.stack([(~finite).double(), loss_total.double()]).cpu()
-                agreed = distributed.sum_across_ranks(context, verdict)
-                nonfinite, mean_loss = bool(agreed[0] > 0), float(agreed[1]) / context.world_size
+                skip = guard.verdict(context, loss_total, grad_norm)
 
-                # 6d. Optimiser step and EMA update, or a skipped step.
-                if nonfinite:
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.update()
-                    skipped_total += 1
-                    consecutive_nonfinite += 1
-                    if consecutive_nonfinite >= loop.max_nonfinite:
-                        raise TrainingDiverged(
-                            f"the loss or the gradients were not finite for {consecutive_nonfinite} steps in a row "
-                            f"(steps {step - consecutive_nonfinite + 2}..{step + 1}); the run stops here without "
-                            f"writing a checkpoint ({_newest_checkpoint_text(checkpoint_dir)}). Lower "
-                            f"optimizer.lr, set optimizer.grad_clip, or train in fp32/tf32, then --resume auto")
-                else:
-                    consecutive_nonfinite = 0
-                    if scaler is not None:
-                        scale_before = scaler.get_scale()
-                        scaler.step(optimizer)
-                        scaler.update()
-                        overflowed = scaler.get_scale() < scale_before
-                        skipped_total += int(overflowed)
-                        if not overflowed:
-                            ema.update(network)
-                    else:
-                        optimizer.step()
-                        ema.update(network)
+                # 6d. Optimiser step and EMA update, both left undone on the device when the step is skipped.
+                optimizer_step_unless(optimizer, skip)
+                if scaler is not None:
+                    scaler.update()
+                ema.update(network, skip)
                 step += 1
 
                 # 6e. Progress, log, pictures, periodic evaluation (rank 0); then all ranks agree on stopping
-                #     (SIGINT / SIGTERM / request_stop) and write a checkpoint when due or stopping.
+                #     (SIGINT / SIGTERM / request_stop) and write a checkpoint when due or stopping. The guard's
+                #     counters come back to the host on logged and checkpoint steps only (the step's only
+                #     reads): a long non-finite streak aborts there, and no checkpoint is written in a streak.
                 if run_log is not None:
-                    run_log.advance(step, mean_loss)
-                    if math.isfinite(mean_loss):
-                        interval_losses.append(mean_loss)
-                    if step % config.log.log_every == 0 or step == loop.steps:
-                        norm = float(grad_norm) if math.isfinite(float(grad_norm)) else math.nan
-                        interval_loss = sum(interval_losses) / len(interval_losses) if interval_losses else math.nan
-                        interval_losses.clear()
-                        run_log.record(step, log_values(interval_loss, {key: float(value) for key, value in
-                                                                        diagnostics.items()}, lr, norm, skipped_total))
+                    run_log.advance(step)
+                counts = None
+                if step % config.log.log_every == 0 or step == loop.steps:
+                    counts = guard.read({"grad_norm": grad_norm, **diagnostics})
+                    self._check_streak(counts, step, loop.max_nonfinite, checkpoint_dir)
+                    guard.start_interval()
+                    if run_log is not None:
+                        loss = counts["loss_sum"] / counts["loss_count"] if counts["loss_count"] else math.nan
+                        norm = counts["grad_norm"] if math.isfinite(counts["grad_norm"]) else math.nan
+                        run_log.record(step, log_values(loss, {key: counts[key] for key in diagnostics}, lr, norm,
+                                                        int(counts["skipped_total"])))
+                if run_log is not None:
                     if config.log.sample_every and step % config.log.sample_every == 0:
                         self._sample_grid(ema.model, info, self.run_dir / "samples" / f"step-{step:08d}.png")
                     if config.eval.every and step % config.eval.every == 0 and step < loop.steps:
                         self._evaluate(ema.model if config.eval.use_ema else network, info, run_log, step, final=False)
                 if self.on_step is not None:
                     self.on_step(self, step)
-                stop_here = self._stop_requested or self._signals.requested
-                stop_everywhere = bool(distributed.sum_across_ranks(
-                    context, torch.tensor([float(bool(stop_here))], dtype=torch.float64))[0] > 0)
+                stop_everywhere = distributed.any_rank(context, bool(self._stop_requested or self._signals.requested))
                 if step % config.log.checkpoint_every == 0 or step == loop.steps or stop_everywhere:
-                    if consecutive_nonfinite == 0:
+                    if counts is None:
+                        counts = guard.read()
+                        self._check_streak(counts, step, loop.max_nonfinite, checkpoint_dir)
+                    streak = int(counts["consecutive_nonfinite"])
+                    if streak == 0:
                         last_checkpoint = write_checkpoint() or last_checkpoint
                     elif run_log is not None:  # never from weights whose last loss was not finite
-                        run_log.message(f"step {step}: no checkpoint written, the last {consecutive_nonfinite} "
-                                        f"step(s) were not finite ({_newest_checkpoint_text(checkpoint_dir)})")
+                        run_log.message(f"step {step}: no checkpoint written, the last {streak} step(s) were not "
+                                        f"finite ({_newest_checkpoint_text(checkpoint_dir)})")
                 if stop_everywhere:
                     stop_reason = self._stop_requested or self._signals.requested or "a stop on another rank"
                     break
@@ -370,13 +349,22 @@ class Trainer:
             self._loss_curve()
             save_model(ema.model, self.run_dir / "model-ema.safetensors")  # the EMA network alone, for reuse
             summary = {"step": step, "checkpoint": str(last_checkpoint), "parameter_sha256_by_rank": digests,
-                       "skipped_steps": skipped_total, "world_size": context.world_size,
+                       "skipped_steps": guard.state_dict()["skipped_total"], "world_size": context.world_size,
                        "metrics_by_steps": {str(k): v for k, v in result.metrics.items()}}
             temporary = self.run_dir / ".summary.json.tmp"  # written last and whole: it marks a finished run
             temporary.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(temporary, self.run_dir / "summary.json")
         distributed.barrier(context)
         return result
+
+    @staticmethod
+    def _check_streak(counts: Dict[str, float], step: int, max_nonfinite: int, checkpoint_dir: Path) -> None:
+        streak = int(counts["consecutive_nonfinite"])
+        if streak >= max_nonfinite:
+            raise TrainingDiverged(
+                f"the loss or the gradients were not finite for {streak} steps in a row (steps {step - streak + 1}.."
+                f"{step}); the run stops here without writing a checkpoint ({_newest_checkpoint_text(checkpoint_dir)})."
+                f" Lower optimizer.lr, set optimizer.grad_clip, or train in fp32/tf32, then --resume auto")
 
     # ------------------------------------------------------------------------------------------
     def _resume_point(self, context, checkpoint_dir: Path) -> tuple:
@@ -420,9 +408,9 @@ class Trainer:
                                   f"newer ones out of {str(checkpoint_dir)!r} first, or resume from the newest")
         return path, state
 
-    def _restore(self, state: Dict[str, Any], context, network, ema, optimizer, scaler, stream,
-                 generator) -> tuple:
-        """Load a checkpoint's state into the freshly built objects; returns (step, skipped, consecutive)."""
+    def _restore(self, state: Dict[str, Any], context, network, ema, optimizer, scaler, stream, generator,
+                 guard: StepGuard) -> int:
+        """Load a checkpoint's state into the freshly built objects; returns its step."""
         try:
             network.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
@@ -440,8 +428,8 @@ class Trainer:
             print(f"note: the checkpoint was written by {state['world_size']} ranks and this run has "
                   f"{context.world_size}: weights and optimiser resume, the data order and random draws restart "
                   f"(not an exact continuation)", file=sys.stderr)
-        counters = state["counters"]
-        return int(state["step"]), int(counters["skipped_total"]), int(counters["consecutive_nonfinite"])
+        guard.load_state_dict(state["counters"], state.get("interval_losses"))
+        return int(state["step"])
 
     def _sample_grid(self, network: nn.Module, info: DataInfo, path: Path) -> None:
         with _evaluation_mode(network):
