@@ -40,8 +40,8 @@ inject() {  # name, file, sed expression, pytest -k expression
 inject missing-barrier csrc/cuda/attention_cuda.cu \
   '0,/__syncthreads();  \/\/ the previous tile is consumed/s//\/\/ (barrier removed)/' attention
 inject off-by-one-tile csrc/cuda/attention_cuda.cu '0,/shape.kv_len - j0))/s//shape.kv_len - j0 + 1))/' attention
-inject wrong-reduction-step csrc/cuda/conditioning_cuda.cu \
+inject wrong-reduction-step csrc/cuda/norm_cuda.cu \
   's/offset = kWarp \/ 2; offset > 0;/offset = kWarp \/ 2; offset > 1;/' norm_modulate
-inject shuffle-after-exit csrc/cuda/conditioning_cuda.cu \
+inject shuffle-after-exit csrc/cuda/norm_cuda.cu \
   '0,/const int lane = threadIdx.x % kWarp;/s//const int lane = threadIdx.x % kWarp;\n  if (lane >= shape.channels) return;/' \
   norm_modulate

@@ -27,7 +27,7 @@ Methods that need too much memory are skipped with a note. In sets-100k each met
 at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is
 skipped. A method that fails is reported with its error and the run goes on.
 
-Section "conditioning": the DiT block's fused conditioning ops (`imm_ext.ops.norm_modulate`,
+Section "block": the DiT block's fused per-token ops (`imm_ext.ops.norm_modulate`,
 `gate_residual`, `timestep_embedding_pair`) on DiT-S/2 and DiT-XL/2 token shapes (float32), and the
 MLP's activation `imm_ext.ops.gelu_tanh` on DiT-S/2's hidden layer (case dit-s2-mlp), and qk-norm
 `imm_ext.ops.qk_norm` on DiT-S/2's qkv projection (case dit-s2-qk), measured the same way (forward +
@@ -39,7 +39,7 @@ the projection) and torch.compile of the same.
 Results are printed as markdown tables and written as JSON (with the machine description and load
 average) to bench/results/kernels-<device>[-quick]-<timestamp>.json.
 
-    python bench/kernels.py [--device cpu|cuda] [--quick] [--section all|mmd|conditioning|attention]
+    python bench/kernels.py [--device cpu|cuda] [--quick] [--section all|mmd|block|attention]
         [--cases imm-pixel,sets-d3,dit-s2,attn-dit-s] [--out PATH] [--max-call-s 120]
 
 --quick: fewer repetitions and no sets-100k or attn-1024 case (about 2-3 minutes on an idle 2-core
@@ -443,26 +443,26 @@ def copy_limit(case: Case, device: str, timing: Timing) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditioning section: the DiT block's fused ops
+# Block section: the DiT block's fused per-token ops
 
 @dataclass(frozen=True)
-class ConditioningCase:
+class BlockCase:
     key: str
     title: str
     shape: tuple  # x (B, T, C)
     ops: tuple = ("norm_modulate", "gate_residual", "timestep_embedding_pair")
 
 
-CONDITIONING_CASES = (
-    ConditioningCase("dit-s2", "DiT-S/2 block: x (8, 256, 384) float32", (8, 256, 384)),
-    ConditioningCase("dit-xl2", "DiT-XL/2 width: x (32, 256, 1152) float32", (32, 256, 1152)),
-    ConditioningCase("dit-s2-mlp", "DiT-S/2 MLP hidden layer: x (8, 256, 1536) float32", (8, 256, 1536),
+BLOCK_CASES = (
+    BlockCase("dit-s2", "DiT-S/2 block: x (8, 256, 384) float32", (8, 256, 384)),
+    BlockCase("dit-xl2", "DiT-XL/2 width: x (32, 256, 1152) float32", (32, 256, 1152)),
+    BlockCase("dit-s2-mlp", "DiT-S/2 MLP hidden layer: x (8, 256, 1536) float32", (8, 256, 1536),
                      ("gelu_tanh",)),
-    ConditioningCase("dit-s2-qk", "DiT-S/2 attention qk-norm: qkv (8, 256, 3 x 384) float32, 6 heads of 64",
+    BlockCase("dit-s2-qk", "DiT-S/2 attention qk-norm: qkv (8, 256, 3 x 384) float32, 6 heads of 64",
                      (8, 256, 384), ("qk_norm",)),
 )
 QK_HEAD_DIM = 64
-CONDITIONING_METHODS = ("imm_ext", "eager", "compile")
+BLOCK_METHODS = ("imm_ext", "eager", "compile")
 EMBEDDING_DIM = 256  # DiT's frequency embedding size
 
 
@@ -486,7 +486,7 @@ def eager_qk_norm(qkv, q_weight, k_weight):
     return (F.rms_norm(q, (QK_HEAD_DIM,), q_weight, 1e-6), F.rms_norm(k, (QK_HEAD_DIM,), k_weight, 1e-6))
 
 
-def conditioning_problem(op: str, case: ConditioningCase, device: str):
+def block_problem(op: str, case: BlockCase, device: str):
     """Seeded inputs (fresh leaves), cotangents of the outputs, and the eager and fused callables."""
     torch.manual_seed(0)
     b, t, c = case.shape
@@ -511,7 +511,7 @@ def conditioning_problem(op: str, case: ConditioningCase, device: str):
             lambda c_t, c_s: imm_ext.ops.timestep_embedding_pair(c_t, c_s, EMBEDDING_DIM))
 
 
-def conditioning_workload(fn, inputs, cotangents, mode: str):
+def block_workload(fn, inputs, cotangents, mode: str):
     """(call, reset) for one mode: forward under no_grad, or forward + backward of every output."""
     if mode == "forward":
         def call():
@@ -539,17 +539,17 @@ def outputs_differ(fn, reference, inputs) -> Optional[str]:
     return f"max |difference| from imm_ext {error:.2g}" if error > 1e-4 else None
 
 
-def run_conditioning(op: str, case: ConditioningCase, device: str, timing: Timing) -> list:
-    inputs, cotangents, eager, fused = conditioning_problem(op, case, device)
+def run_block(op: str, case: BlockCase, device: str, timing: Timing) -> list:
+    inputs, cotangents, eager, fused = block_problem(op, case, device)
     torch._dynamo.reset()
     methods = {"imm_ext": fused, "eager": eager, "compile": torch.compile(eager, dynamic=False)}
     results = []
-    for method in CONDITIONING_METHODS:
+    for method in BLOCK_METHODS:
         result = MethodResult(method)
         fn = methods[method]
         for mode in ("forward", "forward_backward"):
             try:
-                call, reset = conditioning_workload(fn, inputs, cotangents, mode)
+                call, reset = block_workload(fn, inputs, cotangents, mode)
                 setattr(result, mode, measure(call, reset, device, timing, warm_up=True))
             except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
                 result.notes.append(f"{mode}: {error_note(error)}")
@@ -817,7 +817,7 @@ def format_table(case: Case, results: list, limit: Optional[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_conditioning_table(case: ConditioningCase, per_op: dict) -> str:
+def format_block_table(case: BlockCase, per_op: dict) -> str:
     header = ("| op | method | fwd ms | fwd ratio | fwd peak extra MB | fwd+bwd ms | fwd+bwd ratio "
               "| fwd+bwd peak extra MB | notes |")
     lines = [f"### {case.title}", "", header, "|" + "---|" * 9]
@@ -875,11 +875,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no sets-100k, no attn-1024")
-    parser.add_argument("--section", choices=("all", "mmd", "conditioning", "attention"), default="all",
-                        help="mmd: imm_ext.mmd_loss; conditioning: the DiT block's fused conditioning ops; "
+    parser.add_argument("--section", choices=("all", "mmd", "block", "attention"), default="all",
+                        help="mmd: imm_ext.mmd_loss; block: the DiT block's fused per-token ops; "
                              "attention: imm_ext.ops.attention (default: all three)")
     parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(
-        c.key for c in CASES + ATTENTION_CASES + CONDITIONING_CASES))
+        c.key for c in CASES + ATTENTION_CASES + BLOCK_CASES))
     parser.add_argument("--out", type=Path,
                         help="JSON path (default bench/results/kernels-<device>[-quick]-<time>.json)")
     parser.add_argument("--max-call-s", type=float, default=120.0,
@@ -889,7 +889,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "--device cuda: no CUDA GPU is available to torch "
                        "(torch.cuda.is_available() is False)\n")
-    keys = [c.key for c in CASES + ATTENTION_CASES + CONDITIONING_CASES]
+    keys = [c.key for c in CASES + ATTENTION_CASES + BLOCK_CASES]
     args.case_keys = args.cases.split(",") if args.cases else keys
     unknown = set(args.case_keys) - set(keys)
     if unknown:
@@ -903,7 +903,7 @@ def main(argv=None) -> None:
     info = machine_info(args.device)
     print(machine_line(info), flush=True)
     report = dict(machine=info, quick=args.quick, started=datetime.now().isoformat(timespec="seconds"),
-                  cases=[], conditioning=[])
+                  cases=[], block=[])
     for case in CASES + ATTENTION_CASES:
         section = "attention" if isinstance(case, AttentionCase) else "mmd"
         if args.section not in ("all", section) or case.key not in args.case_keys:
@@ -922,12 +922,12 @@ def main(argv=None) -> None:
                                     best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
                                                    for mode in ("forward", "forward_backward")},
                                     results=[asdict(r) for r in results]))
-    for case in CONDITIONING_CASES:
-        if args.section not in ("all", "conditioning") or case.key not in args.case_keys:
+    for case in BLOCK_CASES:
+        if args.section not in ("all", "block") or case.key not in args.case_keys:
             continue
-        per_op = {op: run_conditioning(op, case, args.device, timing) for op in case.ops}
-        print("\n" + format_conditioning_table(case, per_op), flush=True)
-        report["conditioning"].append(dict(
+        per_op = {op: run_block(op, case, args.device, timing) for op in case.ops}
+        print("\n" + format_block_table(case, per_op), flush=True)
+        report["block"].append(dict(
             key=case.key, title=case.title, shape=case.shape,
             ops=[dict(op=op, best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
                                             for mode in ("forward", "forward_backward")},

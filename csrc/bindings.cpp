@@ -1,5 +1,5 @@
 // The pybind11 module imm_ext._C: turns Python integers (pointers, sizes, enum codes) into kernel
-// arguments (a PairTask, a ConditioningShape, ...) and hands them to the CPU or CUDA kernels. No
+// arguments (a PairTask, a TokenShape, ...) and hands them to the CPU or CUDA kernels. No
 // arithmetic and no validation beyond what keeps the process alive: the Python layer checks
 // arguments and owns every buffer. Each function states its arguments once; bind() adds the shared
 // (device, stream, threads) frame.
@@ -16,10 +16,12 @@
 #include <vector>
 
 #include "common/attention.h"
+#include "common/embedding.h"
+#include "common/norm.h"
 #include "common/pair_task.h"
 #include "common/qk_norm.h"
+#include "common/residual.h"
 #include "cpu/activation_cpu.h"
-#include "cpu/conditioning_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_CUDA_EMULATION)
@@ -29,7 +31,6 @@
 #if defined(IMM_EXT_WITH_CUDA)
 #include "cuda/activation_cuda.h"
 #include "cuda/attention_cuda.h"
-#include "cuda/conditioning_cuda.h"
 #include "cuda/interpolant_cuda.h"
 #include "cuda/pairwise_cuda.h"
 #endif
@@ -154,13 +155,11 @@ void sampler_step(const Target& on, int state_dtype, int g_dtype, int64_t batch,
          in_f64(c_out), guidance, out_ptr(out));
 }
 
-// ---- the DiT block's norm, residual and embedding ops (csrc/common/conditioning.h) -------------
+// ---- the DiT block's norm, residual and embedding ops (csrc/common/norm.h, residual.h, embedding.h) --
 
-const imm::cpu::ConditioningKernels& cpu_kernels() { return imm::cpu::conditioning_kernels(); }
-
-imm::ConditioningShape rows_shape(const Target& on, int64_t batch, int64_t tokens, int64_t channels) {
+imm::TokenShape rows_shape(const Target& on, int64_t batch, int64_t tokens, int64_t channels) {
   on.require(batch >= 0 && tokens >= 0 && channels >= 0, "bad sizes");
-  return imm::ConditioningShape{batch, tokens, channels};
+  return imm::TokenShape{batch, tokens, channels};
 }
 
 void check_chunk_tokens(const Target& on, int64_t chunk_tokens) {
@@ -172,7 +171,7 @@ void check_chunk_tokens(const Target& on, int64_t chunk_tokens) {
 void norm_modulate_forward(const Target& on, int dtype, int64_t batch, int64_t tokens, int64_t channels, bool rms,
                            double eps, std::uintptr_t x, std::uintptr_t shift, std::uintptr_t scale,
                            std::uintptr_t out, std::uintptr_t stats) {
-  on.run(cpu_kernels().norm_modulate_forward, IMM_CUDA_KERNEL(imm::cuda::norm_modulate_forward), on.dtype(dtype),
+  on.run(imm::cpu::norm_modulate_forward, IMM_CUDA_KERNEL(imm::cuda::norm_modulate_forward), on.dtype(dtype),
          rows_shape(on, batch, tokens, channels), rms, eps, in_ptr(x), in_ptr(shift), in_ptr(scale), out_ptr(out),
          out_ptr(stats));
 }
@@ -182,7 +181,7 @@ void norm_modulate_backward(const Target& on, int dtype, int64_t batch, int64_t 
                             std::uintptr_t stats, std::uintptr_t scale, std::uintptr_t grad_x,
                             std::uintptr_t partials, std::uintptr_t grad_shift, std::uintptr_t grad_scale) {
   check_chunk_tokens(on, chunk_tokens);
-  on.run(cpu_kernels().norm_modulate_backward, IMM_CUDA_KERNEL(imm::cuda::norm_modulate_backward),
+  on.run(imm::cpu::norm_modulate_backward, IMM_CUDA_KERNEL(imm::cuda::norm_modulate_backward),
          on.dtype(dtype), rows_shape(on, batch, tokens, channels), chunk_tokens, rms, in_ptr(grad), in_ptr(x),
          in_ptr(stats), in_ptr(scale), out_ptr(grad_x), out_ptr(partials), out_ptr(grad_shift),
          out_ptr(grad_scale));
@@ -190,7 +189,7 @@ void norm_modulate_backward(const Target& on, int dtype, int64_t batch, int64_t 
 
 void gate_residual_forward(const Target& on, int dtype, int64_t batch, int64_t tokens, int64_t channels,
                            std::uintptr_t x, std::uintptr_t gate, std::uintptr_t y, std::uintptr_t out) {
-  on.run(cpu_kernels().gate_residual_forward, IMM_CUDA_KERNEL(imm::cuda::gate_residual_forward), on.dtype(dtype),
+  on.run(imm::cpu::gate_residual_forward, IMM_CUDA_KERNEL(imm::cuda::gate_residual_forward), on.dtype(dtype),
          rows_shape(on, batch, tokens, channels), in_ptr(x), in_ptr(gate), in_ptr(y), out_ptr(out));
 }
 
@@ -198,7 +197,7 @@ void gate_residual_backward(const Target& on, int dtype, int64_t batch, int64_t 
                             int64_t chunk_tokens, std::uintptr_t grad, std::uintptr_t gate, std::uintptr_t y,
                             std::uintptr_t grad_y, std::uintptr_t partials, std::uintptr_t grad_gate) {
   check_chunk_tokens(on, chunk_tokens);
-  on.run(cpu_kernels().gate_residual_backward, IMM_CUDA_KERNEL(imm::cuda::gate_residual_backward),
+  on.run(imm::cpu::gate_residual_backward, IMM_CUDA_KERNEL(imm::cuda::gate_residual_backward),
          on.dtype(dtype), rows_shape(on, batch, tokens, channels), chunk_tokens, in_ptr(grad), in_ptr(gate),
          in_ptr(y), out_ptr(grad_y), out_ptr(partials), out_ptr(grad_gate));
 }
@@ -206,7 +205,7 @@ void gate_residual_backward(const Target& on, int dtype, int64_t batch, int64_t 
 void timestep_embedding_forward(const Target& on, int out_dtype, int64_t rows, int64_t dim, double log_max_period,
                                 std::uintptr_t c, std::uintptr_t out) {
   on.require(rows >= 0 && dim >= 1, "bad sizes");
-  on.run(cpu_kernels().timestep_embedding_forward, IMM_CUDA_KERNEL(imm::cuda::timestep_embedding_forward),
+  on.run(imm::cpu::timestep_embedding_forward, IMM_CUDA_KERNEL(imm::cuda::timestep_embedding_forward),
          on.dtype(out_dtype), rows, dim, log_max_period, in_f64(c), out_ptr(out));
 }
 
@@ -214,7 +213,7 @@ void timestep_embedding_backward(const Target& on, int grad_dtype, int64_t rows,
                                  double log_max_period, std::uintptr_t c, std::uintptr_t grad,
                                  std::uintptr_t grad_c) {
   on.require(rows >= 0 && dim >= 1, "bad sizes");
-  on.run(cpu_kernels().timestep_embedding_backward, IMM_CUDA_KERNEL(imm::cuda::timestep_embedding_backward),
+  on.run(imm::cpu::timestep_embedding_backward, IMM_CUDA_KERNEL(imm::cuda::timestep_embedding_backward),
          on.dtype(grad_dtype), rows, dim, log_max_period, in_f64(c), in_ptr(grad),
          reinterpret_cast<double*>(grad_c));
 }
@@ -351,16 +350,16 @@ PYBIND11_MODULE(IMM_EXT_MODULE_NAME, m) {
   bind(m, "interpolant_pair", interpolant_pair, "x_t, x_r from x and noise (csrc/common/interpolant.h)");
   bind(m, "sampler_step", sampler_step, "x_s = c_skip x + c_out G (csrc/common/interpolant.h)");
   bind(m, "norm_modulate_forward", norm_modulate_forward,
-       "out = norm(x) * (1 + scale) + shift and row stats (csrc/common/conditioning.h)");
+       "out = norm(x) * (1 + scale) + shift and row stats (csrc/common/norm.h)");
   bind(m, "norm_modulate_backward", norm_modulate_backward,
-       "grad_x, grad_shift, grad_scale of norm + modulate (csrc/common/conditioning.h)");
-  bind(m, "gate_residual_forward", gate_residual_forward, "out = x + gate * y (csrc/common/conditioning.h)");
+       "grad_x, grad_shift, grad_scale of norm + modulate (csrc/common/norm.h)");
+  bind(m, "gate_residual_forward", gate_residual_forward, "out = x + gate * y (csrc/common/residual.h)");
   bind(m, "gate_residual_backward", gate_residual_backward,
-       "grad_y and grad_gate of gate + residual (csrc/common/conditioning.h)");
+       "grad_y and grad_gate of gate + residual (csrc/common/residual.h)");
   bind(m, "timestep_embedding_forward", timestep_embedding_forward,
-       "sinusoidal embedding of float64 times (csrc/common/conditioning.h)");
+       "sinusoidal embedding of float64 times (csrc/common/embedding.h)");
   bind(m, "timestep_embedding_backward", timestep_embedding_backward,
-       "d loss / d c of the sinusoidal embedding (csrc/common/conditioning.h)");
+       "d loss / d c of the sinusoidal embedding (csrc/common/embedding.h)");
   bind(m, "gelu_tanh_forward", gelu_tanh_forward, "out = gelu_tanh(x) (csrc/common/activation.h)");
   bind(m, "gelu_tanh_backward", gelu_tanh_backward, "grad_x = grad * gelu_tanh'(x) (csrc/common/activation.h)");
   bind(m, "qk_norm_forward", qk_norm_forward, "RMSNorm of q and k from the qkv projection (csrc/common/qk_norm.h)");

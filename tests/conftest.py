@@ -32,6 +32,53 @@ TOLERANCE = {
 }
 
 
+# The four dtypes every op takes.
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# The kernels are compared with the reference evaluated in float64 on the same inputs and rounded
+# to the inputs' dtype; both round once, so they may differ by one step of that dtype: for bfloat16
+# up to 2^-7 relative (TOLERANCE's 2e-3 covers a float16 step).
+ONE_STEP = {**TOLERANCE, torch.bfloat16: dict(rtol=8e-3, atol=1e-4)}
+
+
+def seeded_data(shape, dtype=torch.float64, seed=0, mean=0.0, std=1.0):
+    """Normal values of the given shape, drawn in float64 from `seed`, then rounded to dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    return (mean + std * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+
+
+def seeded_times(n, seed=0):
+    """n float64 times in [0, 1000) from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    return 1000 * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def norm_inputs(shape, dtype, seed):
+    """x (shape) and the per-sample shift and scale (B, C) of norm + modulate."""
+    b, c = shape[0], shape[-1]
+    return (seeded_data(shape, dtype, seed), seeded_data((b, c), dtype, seed + 1),
+            seeded_data((b, c), dtype, seed + 2, std=0.5))
+
+
+def assert_one_step_close(actual, expected):
+    """Same dtype and shape, and values within one rounding step of that dtype (ONE_STEP)."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, **ONE_STEP[expected.dtype])
+
+
+def value_and_grads(fn, inputs, cotangent):
+    """(fn(*inputs), the gradients of its inputs) for one output and its cotangent."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    return out, torch.autograd.grad(out, leaves, cotangent)
+
+
+def exact_value_and_grads(reference, inputs, cotangent):
+    """The reference in float64, value and gradients rounded to the dtypes of the kernel's results."""
+    out, grads = value_and_grads(reference, [t.double() for t in inputs], cotangent.double())
+    dtype = cotangent.dtype
+    return out.to(dtype), [g.to(dtype) for g in grads]
+
+
 def random_sets(g, n, m, d, dtype=torch.float64, device="cpu", seed=0, batched=True, spread=1.0):
     gen = torch.Generator().manual_seed(seed)
     x = (spread * torch.randn(g, n, d, generator=gen, dtype=torch.float64)).to(device=device, dtype=dtype)

@@ -12,7 +12,7 @@ import torch
 import imm_ext
 from imm_ext.ops import mmd_loss_reference, pairwise_kernel_reference
 
-from conftest import TOLERANCE, Backend, random_sets, value_and_grads_on
+from conftest import DTYPES, ONE_STEP, TOLERANCE, Backend, random_sets, seeded_data, value_and_grads_on
 
 KERNELS = ["laplace", "gaussian", "energy", "imq"]
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (8, 4, 4, 3072), (3, 40, 33, 3), (1, 200, 150, 64),
@@ -97,124 +97,116 @@ def test_cuda_non_default_stream_and_device_guard():
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditioning ops (norm + modulate, gate + residual, time embeddings): CUDA against CPU.
-
-COND_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# The DiT block's per-token ops (norm + modulate, gate + residual, time embeddings): CUDA against CPU.
 # CPU and CUDA sum in different orders, then each rounds once to the dtype: one step apart at most
-# (bfloat16: 2^-7 relative); grad_x is compared at the scale of rstd (it may cancel to ~0).
-COND_TOLERANCE = {**TOLERANCE, torch.bfloat16: dict(rtol=8e-3, atol=1e-4)}
+# (ONE_STEP); grad_x is compared at the scale of rstd (it may cancel to ~0).
 
 
-def _cond_data(shape, dtype, seed, mean=0.0):
-    gen = torch.Generator().manual_seed(seed)
-    return (mean + torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
-
-
-@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 @pytest.mark.parametrize("shape,mean", [((1, 1, 1), 0.0), ((3, 70, 33), 0.0), ((2, 5, 7, 1152), 0.0),
                                         ((4, 256, 384), 0.0), ((2, 17), 0.0), ((2, 40, 384), 1e3)])
 def test_norm_modulate_cuda_matches_cpu(gpu, dtype, norm, shape, mean):
     b, c = shape[0], shape[-1]
-    inputs = (_cond_data(shape, dtype, 1, mean), _cond_data((b, c), dtype, 2), _cond_data((b, c), dtype, 3))
-    cotangent = _cond_data(shape, dtype, 4)
+    inputs = (seeded_data(shape, dtype, 1, mean), seeded_data((b, c), dtype, 2), seeded_data((b, c), dtype, 3))
+    cotangent = seeded_data(shape, dtype, 4)
     fn = lambda *a: imm_ext.ops.norm_modulate(*a, norm=norm)
     cpu = value_and_grads_on("cpu", fn, inputs, cotangent)
     on_gpu = value_and_grads_on(gpu, fn, inputs, cotangent)
-    tol = COND_TOLERANCE[dtype]
+    tol = ONE_STEP[dtype]
     rstd_scale = 1000.0 if c == 1 else 10.0  # eps = 1e-6 on a one-channel row: rstd = 1000
     for i, (g, w) in enumerate(zip(on_gpu, cpu)):
         atol = tol["atol"] * (rstd_scale if i == 1 else 1.0) * (1.0 + mean * (dtype != torch.float64))
         torch.testing.assert_close(g, w, rtol=tol["rtol"], atol=atol)
 
 
-@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 70, 33), (2, 5, 7, 1152), (8, 256, 384), (2, 17)])
 def test_gate_residual_cuda_matches_cpu(gpu, dtype, shape):
     b, c = shape[0], shape[-1]
-    inputs = (_cond_data(shape, dtype, 5), _cond_data((b, c), dtype, 6), _cond_data(shape, dtype, 7))
-    cotangent = _cond_data(shape, dtype, 8)
+    inputs = (seeded_data(shape, dtype, 5), seeded_data((b, c), dtype, 6), seeded_data(shape, dtype, 7))
+    cotangent = seeded_data(shape, dtype, 8)
     cpu = value_and_grads_on("cpu", imm_ext.ops.gate_residual, inputs, cotangent)
     on_gpu = value_and_grads_on(gpu, imm_ext.ops.gate_residual, inputs, cotangent)
     for g, w in zip(on_gpu, cpu):
-        torch.testing.assert_close(g, w, **COND_TOLERANCE[dtype])
+        torch.testing.assert_close(g, w, **ONE_STEP[dtype])
 
 
-@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [1, 7, 256])
 def test_timestep_embedding_pair_cuda_matches_cpu(gpu, dtype, dim):
     gen = torch.Generator().manual_seed(9)
     c_t, c_s = (1000 * torch.rand(2, 33, generator=gen, dtype=torch.float64)).unbind()
-    cotangent = (_cond_data((33, dim), dtype, 10), _cond_data((33, dim), dtype, 11))
+    cotangent = (seeded_data((33, dim), dtype, 10), seeded_data((33, dim), dtype, 11))
     fn = lambda a, b: imm_ext.ops.timestep_embedding_pair(a, b, dim, dtype=dtype)
     cpu = value_and_grads_on("cpu", fn, (c_t, c_s), cotangent)
     on_gpu = value_and_grads_on(gpu, fn, (c_t, c_s), cotangent)
     # float64 cos/sin of arguments up to 1000: CUDA's and glibc's may differ by an ulp of the argument.
-    value_tol = dict(rtol=0, atol=5e-13) if dtype == torch.float64 else COND_TOLERANCE[dtype]
+    value_tol = dict(rtol=0, atol=5e-13) if dtype == torch.float64 else ONE_STEP[dtype]
     for g, w in zip(on_gpu[:2], cpu[:2]):
         torch.testing.assert_close(g, w, **value_tol)
     for g, w in zip(on_gpu[2:], cpu[2:]):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
-def _conditioning_block(*a):
+def _block_path(*a):
     return imm_ext.ops.gate_residual(a[0], a[3], imm_ext.ops.norm_modulate(a[0], a[1], a[2], norm="layer"))
 
 
-def _conditioning_block_inputs():
-    x, shift, scale = (_cond_data(s, torch.float32, i) for i, s in enumerate([(4, 100, 48), (4, 48), (4, 48)]))
-    return (x, shift, scale, shift * 0.5), _cond_data((4, 100, 48), torch.float32, 12)
+def _block_path_inputs():
+    x, shift, scale = (seeded_data(s, torch.float32, i) for i, s in enumerate([(4, 100, 48), (4, 48), (4, 48)]))
+    return (x, shift, scale, shift * 0.5), seeded_data((4, 100, 48), torch.float32, 12)
 
 
-def test_conditioning_cuda_deterministic_opcheck_and_compile(gpu):
-    from imm_ext.ops import conditioning_ops as ops
+def test_block_ops_cuda_deterministic_opcheck_and_compile(gpu):
+    from imm_ext.ops import embedding_ops, norm_ops, residual_ops
 
-    inputs, cotangent = _conditioning_block_inputs()
-    first = value_and_grads_on(gpu, _conditioning_block, inputs, cotangent)
-    second = value_and_grads_on(gpu, _conditioning_block, inputs, cotangent)
+    inputs, cotangent = _block_path_inputs()
+    first = value_and_grads_on(gpu, _block_path, inputs, cotangent)
+    second = value_and_grads_on(gpu, _block_path, inputs, cotangent)
     assert all(torch.equal(a, b) for a, b in zip(first, second))  # no atomics in the token sums
-    compiled = value_and_grads_on(gpu, torch.compile(_conditioning_block, fullgraph=True), inputs, cotangent)
+    compiled = value_and_grads_on(gpu, torch.compile(_block_path, fullgraph=True), inputs, cotangent)
     for a, b in zip(compiled, first):
         torch.testing.assert_close(a, b)
     x, shift, scale, cotangent = (gpu.put(t) for t in (*inputs[:3], cotangent))
     with gpu.active():
         for rms in (False, True):
-            torch.library.opcheck(ops.norm_modulate_op, (x.requires_grad_(), shift, scale, rms, 1e-6))
-        torch.library.opcheck(ops.gate_residual_op, (x.detach(), shift.requires_grad_(), cotangent))
-        torch.library.opcheck(ops.timestep_embedding_op, (gpu.put(torch.rand(5, dtype=torch.float64))
+            torch.library.opcheck(norm_ops.norm_modulate_op, (x.requires_grad_(), shift, scale, rms, 1e-6))
+        torch.library.opcheck(residual_ops.gate_residual_op, (x.detach(), shift.requires_grad_(), cotangent))
+        torch.library.opcheck(embedding_ops.timestep_embedding_op, (gpu.put(torch.rand(5, dtype=torch.float64))
                                                           .requires_grad_(), 9, 10_000.0, torch.bfloat16))
 
 
 @pytest.mark.cuda
-def test_conditioning_cuda_stream():
-    inputs, cotangent = _conditioning_block_inputs()
-    first = value_and_grads_on(Backend("cuda"), _conditioning_block, inputs, cotangent)
+def test_block_ops_cuda_stream():
+    inputs, cotangent = _block_path_inputs()
+    first = value_and_grads_on(Backend("cuda"), _block_path, inputs, cotangent)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        on_stream = value_and_grads_on(Backend("cuda"), _conditioning_block, inputs, cotangent)
+        on_stream = value_and_grads_on(Backend("cuda"), _block_path, inputs, cotangent)
     stream.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(first, on_stream))
 
 
-@pytest.mark.parametrize("dtype", COND_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (3, 70, 33), (8, 256, 1536), (0, 5)])
 def test_gelu_tanh_cuda_matches_cpu(gpu, dtype, shape):
     """Values and gradients (expf on the device, the vectorised exp on the host), saturation and
     infinities included."""
-    x = (3 * _cond_data(shape, torch.float64, 13)).to(dtype)
+    x = (3 * seeded_data(shape, torch.float64, 13)).to(dtype)
     if x.numel() > 4:
         x.view(-1)[:4] = torch.tensor([float("inf"), -float("inf"), 1e4, -1e4], dtype=dtype)
-    cotangent = _cond_data(shape, dtype, 14)
+    cotangent = seeded_data(shape, dtype, 14)
     cpu = value_and_grads_on("cpu", imm_ext.ops.gelu_tanh, (x,), cotangent)
     on_gpu = value_and_grads_on(gpu, imm_ext.ops.gelu_tanh, (x,), cotangent)
     for g, w in zip(on_gpu, cpu):
-        torch.testing.assert_close(g, w, **COND_TOLERANCE[dtype])
+        torch.testing.assert_close(g, w, **ONE_STEP[dtype])
 
 
 def test_gelu_tanh_cuda_opcheck_and_compile(gpu):
     from imm_ext.ops import activation_ops as ops
 
-    x, cotangent = _cond_data((4, 100, 48), torch.float32, 15), _cond_data((4, 100, 48), torch.float32, 16)
+    x, cotangent = seeded_data((4, 100, 48), torch.float32, 15), seeded_data((4, 100, 48), torch.float32, 16)
     first = value_and_grads_on(gpu, imm_ext.ops.gelu_tanh, (x,), cotangent)
     compiled = value_and_grads_on(gpu, torch.compile(imm_ext.ops.gelu_tanh, fullgraph=True), (x,), cotangent)
     for a, b in zip(compiled, first):
@@ -227,7 +219,7 @@ def test_gelu_tanh_cuda_opcheck_and_compile(gpu):
 
 @pytest.mark.cuda
 def test_gelu_tanh_cuda_stream():
-    x, cotangent = _cond_data((4, 100, 48), torch.float32, 15), _cond_data((4, 100, 48), torch.float32, 16)
+    x, cotangent = seeded_data((4, 100, 48), torch.float32, 15), seeded_data((4, 100, 48), torch.float32, 16)
     first = value_and_grads_on(Backend("cuda"), imm_ext.ops.gelu_tanh, (x,), cotangent)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from imm_ext.ops import activation_ops, attention_ops, conditioning_ops, qk_norm_ops
+from imm_ext.ops import activation_ops, attention_ops, embedding_ops, norm_ops, qk_norm_ops, residual_ops
 from imm_ext.ops.fused_op import FusedOp
 
 from conftest import TOLERANCE, value_and_grads_on
@@ -27,11 +27,11 @@ class Spec:
 
 SPECS = {
     "gelu_tanh": Spec(activation_ops._gelu_tanh, ((3, 17),), lambda dtype: ()),
-    "norm_modulate-layer": Spec(conditioning_ops._norm_modulate, ((2, 5, 6), (2, 6), (2, 6)),
+    "norm_modulate-layer": Spec(norm_ops._norm_modulate, ((2, 5, 6), (2, 6), (2, 6)),
                                 lambda dtype: (False, 1e-6)),
-    "norm_modulate-rms": Spec(conditioning_ops._norm_modulate, ((2, 5, 6), (2, 6), (2, 6)), lambda dtype: (True, 1e-6)),
-    "gate_residual": Spec(conditioning_ops._gate_residual, ((2, 5, 6), (2, 6), (2, 5, 6)), lambda dtype: ()),
-    "timestep_embedding": Spec(conditioning_ops._timestep_embedding, ((4,),), lambda dtype: (9, 1e4, dtype),
+    "norm_modulate-rms": Spec(norm_ops._norm_modulate, ((2, 5, 6), (2, 6), (2, 6)), lambda dtype: (True, 1e-6)),
+    "gate_residual": Spec(residual_ops._gate_residual, ((2, 5, 6), (2, 6), (2, 5, 6)), lambda dtype: ()),
+    "timestep_embedding": Spec(embedding_ops._timestep_embedding, ((4,),), lambda dtype: (9, 1e4, dtype),
                                float64_inputs=(0,)),
     "qk_norm": Spec(qk_norm_ops._qk_norm, ((2, 5, 3 * 2 * 4), (4,), (4,)), lambda dtype: (2, 1e-6)),
     "attention": Spec(attention_ops._attention, ((1, 2, 5, 4), (1, 2, 7, 4), (1, 2, 7, 4)), lambda dtype: (0.5,),
@@ -40,7 +40,7 @@ SPECS = {
 
 
 def test_every_fused_op_has_a_spec():
-    declared = [value for module in (activation_ops, attention_ops, conditioning_ops, qk_norm_ops)
+    declared = [value for module in (activation_ops, attention_ops, embedding_ops, norm_ops, qk_norm_ops, residual_ops)
                 for value in vars(module).values() if isinstance(value, FusedOp)]
     covered = [spec.fused for spec in SPECS.values()]
     assert declared and all(any(op is seen for seen in covered) for op in declared)

@@ -34,7 +34,7 @@ EXTREME_VALUES = [0.0, -0.0, 1e-45, -1e-45, 1e-8, 65504.0, 1e38, -1e38, math.inf
 # ---------------------------------------------------------------------------------------------
 # The parent side: one pytest test per target, each running one worker subprocess.
 
-TARGETS = ["pairwise", "attention", "conditioning", "embedding", "interpolant", "numpy", "registered"]
+TARGETS = ["pairwise", "attention", "block", "embedding", "interpolant", "numpy", "registered"]
 
 
 def _run_worker(target: str, examples: int, timeout: float = 300.0) -> list:
@@ -369,7 +369,7 @@ def _worker_main(argv):
         run_case("attention", case, call, ["q", "k", "v", "scale", "Dh", "B, H, T, Dh"], check, in_range)
 
     @st.composite
-    def conditioning_cases(draw):
+    def block_cases(draw):
         op = draw(st.sampled_from(["norm_modulate", "gate_residual", "gelu_tanh"]))
         rank = draw(st.sampled_from([1, 2, 3, 3, 4]))
         shape = [size(draw) for _ in range(rank)]
@@ -389,7 +389,7 @@ def _worker_main(argv):
                            "eps": often(draw, st.sampled_from([1e-6, 1e-5, 1e-39, 1e-300, 0.5]),
                                         st.one_of(st.sampled_from(SPECIAL), st.floats(-1e4, 1e4)))}}
 
-    def run_conditioning(case):
+    def run_block(case):
         a = builds(case)
         kw = case["kwargs"]
         case["meta"] = involves_meta(a)
@@ -634,7 +634,7 @@ def _worker_main(argv):
 
     runners = {
         "pairwise": (pairwise_cases, run_pairwise), "attention": (attention_cases, run_attention),
-        "conditioning": (conditioning_cases, run_conditioning), "embedding": (embedding_cases, run_embedding),
+        "block": (block_cases, run_block), "embedding": (embedding_cases, run_embedding),
         "interpolant": (interpolant_cases, run_interpolant), "numpy": (numpy_cases, run_numpy),
         "registered": (registered_cases, run_registered),
     }

@@ -11,12 +11,12 @@
 //   partial sums over chunks of chunk_rows consecutive rows (in qkv's order) of one part, partials
 //   (2, chunks, head_dim) in the accumulation type, summed in chunk order by the caller: the same
 //   result whatever the threads or launch order. A row whose squares overflow takes its rstd from
-//   s x (statistics_scale in conditioning.h), as the DiT block's norms do.
+//   s x (statistics_scale in norm.h), as the DiT block's norms do.
 #pragma once
 
 #include <cstdint>
 
-#include "conditioning.h"
+#include "norm.h"
 #include "dtype.h"
 
 namespace imm {

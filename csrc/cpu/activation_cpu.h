@@ -1,6 +1,6 @@
 // CPU kernels of the fused activations (math in common/activation.h).
 //
-// cpu/activation_cpu.cpp is compiled once per instruction set (like conditioning_cpu.cpp); each build
+// cpu/activation_cpu.cpp is compiled once per instruction set (like norm_cpu.cpp); each build
 // fills an ActivationKernels table and activation_kernels() (cpu/dispatch.cpp) returns the one for
 // this processor. Every buffer holds n contiguous elements of `dtype`, owned by the caller;
 // `threads` is the OpenMP thread count.

@@ -1,6 +1,5 @@
-// Run-time choice among the per-instruction-set builds of the CPU kernels (cpu/pairwise_cpu.cpp,
-// cpu/conditioning_cpu.cpp, cpu/attention_cpu.cpp, cpu/activation_cpu.cpp, cpu/qk_norm_cpu.cpp): one
-// table of entry points per build, the widest supported one chosen once.
+// Run-time choice among the per-instruction-set builds of the CPU kernels (every cpu/*_cpu.cpp but
+// interpolant_cpu.cpp): one table of entry points per build, the widest supported one chosen once.
 #include "dispatch.h"
 
 #include <cstddef>
@@ -8,8 +7,10 @@
 #include <cstring>
 
 #include "activation_cpu.h"
-#include "conditioning_cpu.h"
+#include "../common/embedding.h"
+#include "../common/norm.h"
 #include "../common/qk_norm.h"
+#include "../common/residual.h"
 #include "memory_hints.h"
 
 // The entry points every per-ISA build defines, declared in its namespace.
@@ -18,17 +19,22 @@
   void run_pair_task(const PairTask& task, int threads);                         \
   void attention_forward(const AttentionForwardTask& task, int threads);         \
   void attention_backward(const AttentionBackwardTask& task, int threads);       \
-  const ConditioningKernels& conditioning_kernels();                             \
   const ActivationKernels& activation_kernels();                                 \
-  void qk_norm_forward(DType, QkNormShape, double, const void*, const void*,     \
-                       const void*, void*, void*, int);                          \
-  void qk_norm_backward(DType, QkNormShape, int64_t, const void*, const void*,   \
-                        const void*, const void*, const void*, void*, void*, int); \
+  decltype(::imm::cpu::norm_modulate_forward) norm_modulate_forward;             \
+  decltype(::imm::cpu::norm_modulate_backward) norm_modulate_backward;           \
+  decltype(::imm::cpu::gate_residual_forward) gate_residual_forward;             \
+  decltype(::imm::cpu::gate_residual_backward) gate_residual_backward;           \
+  decltype(::imm::cpu::timestep_embedding_forward) timestep_embedding_forward;   \
+  decltype(::imm::cpu::timestep_embedding_backward) timestep_embedding_backward; \
+  decltype(::imm::cpu::qk_norm_forward) qk_norm_forward;                         \
+  decltype(::imm::cpu::qk_norm_backward) qk_norm_backward;                       \
   }
 #define IMM_CPU_ENTRY_POINTS(isa)                                                                         \
   EntryPoints {                                                                                           \
-    isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::conditioning_kernels,       \
-        isa::activation_kernels, isa::qk_norm_forward, isa::qk_norm_backward, #isa                        \
+    isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::activation_kernels,         \
+        isa::norm_modulate_forward, isa::norm_modulate_backward, isa::gate_residual_forward,              \
+        isa::gate_residual_backward, isa::timestep_embedding_forward, isa::timestep_embedding_backward,    \
+        isa::qk_norm_forward, isa::qk_norm_backward, #isa                                                 \
   }
 
 namespace imm::cpu {
@@ -47,8 +53,13 @@ struct EntryPoints {
   void (*run_pair_task)(const PairTask&, int);
   void (*attention_forward)(const AttentionForwardTask&, int);
   void (*attention_backward)(const AttentionBackwardTask&, int);
-  const ConditioningKernels& (*conditioning_kernels)();
   const ActivationKernels& (*activation_kernels)();
+  decltype(&imm::cpu::norm_modulate_forward) norm_modulate_forward;
+  decltype(&imm::cpu::norm_modulate_backward) norm_modulate_backward;
+  decltype(&imm::cpu::gate_residual_forward) gate_residual_forward;
+  decltype(&imm::cpu::gate_residual_backward) gate_residual_backward;
+  decltype(&imm::cpu::timestep_embedding_forward) timestep_embedding_forward;
+  decltype(&imm::cpu::timestep_embedding_backward) timestep_embedding_backward;
   decltype(&imm::cpu::qk_norm_forward) qk_norm_forward;
   decltype(&imm::cpu::qk_norm_backward) qk_norm_backward;
   const char* name;
@@ -98,7 +109,37 @@ void attention_forward(const AttentionForwardTask& task, int threads) { chosen()
 
 void attention_backward(const AttentionBackwardTask& task, int threads) { chosen().attention_backward(task, threads); }
 
-const ConditioningKernels& conditioning_kernels() { return chosen().conditioning_kernels(); }
+void norm_modulate_forward(DType dtype, TokenShape shape, bool rms, double eps, const void* x, const void* shift,
+                           const void* scale, void* out, void* stats, int threads) {
+  chosen().norm_modulate_forward(dtype, shape, rms, eps, x, shift, scale, out, stats, threads);
+}
+
+void norm_modulate_backward(DType dtype, TokenShape shape, int64_t chunk_tokens, bool rms, const void* grad,
+                            const void* x, const void* stats, const void* scale, void* grad_x, void* partials,
+                            void* grad_shift, void* grad_scale, int threads) {
+  chosen().norm_modulate_backward(dtype, shape, chunk_tokens, rms, grad, x, stats, scale, grad_x, partials, grad_shift,
+                                  grad_scale, threads);
+}
+
+void gate_residual_forward(DType dtype, TokenShape shape, const void* x, const void* gate, const void* y, void* out,
+                           int threads) {
+  chosen().gate_residual_forward(dtype, shape, x, gate, y, out, threads);
+}
+
+void gate_residual_backward(DType dtype, TokenShape shape, int64_t chunk_tokens, const void* grad, const void* gate,
+                            const void* y, void* grad_y, void* partials, void* grad_gate, int threads) {
+  chosen().gate_residual_backward(dtype, shape, chunk_tokens, grad, gate, y, grad_y, partials, grad_gate, threads);
+}
+
+void timestep_embedding_forward(DType out_dtype, int64_t rows, int64_t dim, double log_max_period, const double* c,
+                                void* out, int threads) {
+  chosen().timestep_embedding_forward(out_dtype, rows, dim, log_max_period, c, out, threads);
+}
+
+void timestep_embedding_backward(DType grad_dtype, int64_t rows, int64_t dim, double log_max_period,
+                                 const double* c, const void* grad, double* grad_c, int threads) {
+  chosen().timestep_embedding_backward(grad_dtype, rows, dim, log_max_period, c, grad, grad_c, threads);
+}
 
 const ActivationKernels& activation_kernels() { return chosen().activation_kernels(); }
 

@@ -19,8 +19,10 @@ import torch
 from ..ops.activation_ops import gelu_tanh
 from ..ops.attention_ops import MAX_HEAD_DIM
 from ..ops.attention_ops import attention as _imm_ext_attention
-from ..ops.conditioning_ops import gate_residual, norm_modulate, timestep_embedding_pair
+from ..ops.embedding_ops import timestep_embedding_pair
+from ..ops.norm_ops import norm_modulate
 from ..ops.qk_norm_ops import qk_norm
+from ..ops.residual_ops import gate_residual
 
 ATTENTION_BACKENDS = ("auto", "imm_ext", "sdpa")
 NORMS = ("layer", "rms")

@@ -3,8 +3,9 @@ from .activation_ops import gelu_tanh
 from .attention_ops import attention
 from .block_reference import (attention_reference, gate_residual_reference, gelu_tanh_reference,
                               norm_modulate_reference, timestep_embedding_pair_reference)
-from .conditioning_ops import (gate_residual, norm_modulate, timestep_embedding,
-                               timestep_embedding_pair)
+from .embedding_ops import timestep_embedding, timestep_embedding_pair
+from .norm_ops import norm_modulate
+from .residual_ops import gate_residual
 from .interpolant_ops import interpolant_pair, sampler_step
 from .qk_norm_ops import qk_norm, qk_norm_reference
 from .mmd import MMDLoss, mmd_loss, mmd_terms, pairwise_kernel

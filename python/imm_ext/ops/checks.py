@@ -1,8 +1,8 @@
 """Argument checks shared by every op family: tensors, dtypes, devices, and scalars in their dtype.
 
 Each family keeps its own checks in one function next to its ops (pairwise_checks.py for the
-pairwise kernels, `_check_*` in attention_ops.py, conditioning_ops.py, activation_ops.py,
-qk_norm_ops.py and interpolant_ops.py); those functions run inside the custom ops' bodies, so they hold for direct
+pairwise kernels, `_check_*` in the other *_ops.py files, with the (B, ..., C) layout's shared checks in
+token_rows.py); those functions run inside the custom ops' bodies, so they hold for direct
 `torch.ops.imm_ext.*` calls and under torch.compile as well as for the public functions. They are
 built from the helpers here, which look only at metadata (no host-device synchronisation), except
 `require_all` and `check_finite_values`, which read a tensor's values (on a GPU without waiting for them).

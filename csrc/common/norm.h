@@ -1,13 +1,12 @@
-// Math of the DiT block's conditioning ops, shared by the CPU and CUDA kernels.
+// Norm + modulate (adaLN), the DiT block's normalisation, shared by the CPU and CUDA kernels, which this
+// header also declares (buffers owned by the caller; threads: the OpenMP thread count; stream: a
+// cudaStream_t as an integer):
 //
-//   norm + modulate (adaLN):  y = xhat * (1 + scale) + shift,  xhat = (x - mean) * rstd over a row of C
-//       channels; LayerNorm without affine: mean = E[x], rstd = 1 / sqrt(Var[x] + eps); RMSNorm:
-//       mean = 0, rstd = 1 / sqrt(E[x^2] + eps). Backward, with dxhat = g * (1 + scale):
+//   y = xhat * (1 + scale) + shift,  xhat = (x - mean) * rstd over a row of C channels; LayerNorm
+//       without affine: mean = E[x], rstd = 1 / sqrt(Var[x] + eps); RMSNorm: mean = 0,
+//       rstd = 1 / sqrt(E[x^2] + eps). Backward, with dxhat = g * (1 + scale):
 //       grad_x = rstd * (dxhat - E[dxhat] - xhat * E[dxhat * xhat])   (RMSNorm: without E[dxhat]),
 //       grad_shift = sum over tokens of g,  grad_scale = sum over tokens of g * xhat.
-//   gate + residual (adaLN-Zero):  out = x + gate * y;  grad_y = gate * g,  grad_gate = sum of g * y.
-//   sinusoidal time embedding (imm-method.md §2.3): [cos(c f_k), sin(c f_k)], f_k = P^(-k / half),
-//       arguments in float64; d/dc cos(c f) = -f sin(c f), d/dc sin(c f) = f cos(c f).
 //
 // The row statistics are numerically safe for large activations: the mean is taken of deviations
 // from the row's first element (a row with mean 1e4 and std 1 sums values of size 1, not 1e4), and
@@ -21,28 +20,11 @@
 #include <limits>
 #include <type_traits>
 
+#include "dtype.h"
 #include "kernel_math.h"
+#include "token_shape.h"
 
 namespace imm {
-
-// The layout every conditioning kernel sees: x (batch, tokens, channels) contiguous, per-sample
-// vectors (shift, scale, gate) (batch, channels) contiguous, all of one storage type.
-struct ConditioningShape {
-  int64_t batch;
-  int64_t tokens;
-  int64_t channels;
-};
-
-// Partial sums over tokens come in chunks of `chunk_tokens` consecutive tokens of one sample:
-// scratch (batch, chunks, parts, channels) in the accumulation type, then summed in chunk order, so
-// the reductions are deterministic whatever the thread count or launch order. At most
-// kMaxChunkTokens per chunk (the CUDA backward keeps a chunk's row statistics in shared memory).
-constexpr int64_t kMaxChunkTokens = 1024;
-IMM_HD int64_t token_chunks(int64_t tokens, int64_t chunk_tokens) {
-  return (tokens + chunk_tokens - 1) / chunk_tokens;
-}
-
-// ---- norm + modulate ------------------------------------------------------------------------
 
 // Row mean from the sum of deviations from the pivot (the row's first element).
 template <class T>
@@ -101,30 +83,33 @@ IMM_HD T norm_input_grad(T dxhat, T xhat, T rstd, T mean_dxhat, T mean_dxhat_xha
   return rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
 }
 
-// ---- gate + residual ------------------------------------------------------------------------
-
-template <class T>
-IMM_HD T gate_residual(T x, T gate, T y) {
-  return x + gate * y;
+// f(std::true_type{}) for RMSNorm, f(std::false_type{}) for LayerNorm: the kernels' Rms parameter.
+template <class F>
+void dispatch_norm(bool rms, F&& f) {
+  if (rms) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
 }
 
-// ---- sinusoidal time embedding (float64 throughout) ------------------------------------------
+namespace cpu {
+// out = norm(x) * (1 + scale) + shift; stats (batch * tokens, 2) [mean, rstd] in the accumulation type,
+// written for the backward. rms: RMSNorm, else LayerNorm.
+void norm_modulate_forward(DType dtype, TokenShape shape, bool rms, double eps, const void* x, const void* shift,
+                           const void* scale, void* out, void* stats, int threads);
+// grad_x, grad_shift, grad_scale from grad = d loss / d out; partials (batch, chunks, 2, channels).
+void norm_modulate_backward(DType dtype, TokenShape shape, int64_t chunk_tokens, bool rms, const void* grad,
+                            const void* x, const void* stats, const void* scale, void* grad_x, void* partials,
+                            void* grad_shift, void* grad_scale, int threads);
+}  // namespace cpu
 
-// f_k = exp(-log(P) k / half), evaluated in the order of the PyTorch reference.
-IMM_HD double embedding_frequency(int64_t k, int64_t half, double log_max_period) {
-  return ::exp(-log_max_period * static_cast<double>(k) / static_cast<double>(half));
-}
-
-// sin(c f) and cos(c f), sharing one argument reduction.
-IMM_HD void embedding_sin_cos(double c, double frequency, double* sin_value, double* cos_value) {
-  ::sincos(c * frequency, sin_value, cos_value);
-}
-
-// d/dc of the pair (cos(c f), sin(c f)) contracted with its cotangents (g_cos, g_sin), from the
-// pair's values.
-IMM_HD double embedding_argument_grad(double frequency, double sin_value, double cos_value, double g_cos,
-                                      double g_sin) {
-  return frequency * (g_sin * cos_value - g_cos * sin_value);
-}
+namespace cuda {
+void norm_modulate_forward(DType dtype, TokenShape shape, bool rms, double eps, const void* x, const void* shift,
+                           const void* scale, void* out, void* stats, std::uintptr_t stream);
+void norm_modulate_backward(DType dtype, TokenShape shape, int64_t chunk_tokens, bool rms, const void* grad,
+                            const void* x, const void* stats, const void* scale, void* grad_x, void* partials,
+                            void* grad_shift, void* grad_scale, std::uintptr_t stream);
+}  // namespace cuda
 
 }  // namespace imm
