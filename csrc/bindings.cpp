@@ -15,13 +15,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/attention.h"
 #include "common/embedding.h"
 #include "common/norm.h"
 #include "common/pair_task.h"
 #include "common/qk_norm.h"
 #include "common/residual.h"
-#include "cpu/activation_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/interpolant_cpu.h"
 #if defined(IMM_EXT_CUDA_EMULATION)
@@ -29,7 +29,6 @@
 #include "emulation/self_test.h"
 #endif
 #if defined(IMM_EXT_WITH_CUDA)
-#include "cuda/activation_cuda.h"
 #include "cuda/attention_cuda.h"
 #include "cuda/interpolant_cuda.h"
 #include "cuda/pairwise_cuda.h"
@@ -222,14 +221,14 @@ void timestep_embedding_backward(const Target& on, int grad_dtype, int64_t rows,
 
 void gelu_tanh_forward(const Target& on, int dtype, int64_t n, std::uintptr_t x, std::uintptr_t out) {
   on.require(n >= 0, "bad size");
-  on.run(imm::cpu::activation_kernels().gelu_tanh_forward, IMM_CUDA_KERNEL(imm::cuda::gelu_tanh_forward),
+  on.run(imm::cpu::gelu_tanh_forward, IMM_CUDA_KERNEL(imm::cuda::gelu_tanh_forward),
          on.dtype(dtype), n, in_ptr(x), out_ptr(out));
 }
 
 void gelu_tanh_backward(const Target& on, int dtype, int64_t n, std::uintptr_t grad, std::uintptr_t x,
                         std::uintptr_t grad_x) {
   on.require(n >= 0, "bad size");
-  on.run(imm::cpu::activation_kernels().gelu_tanh_backward, IMM_CUDA_KERNEL(imm::cuda::gelu_tanh_backward),
+  on.run(imm::cpu::gelu_tanh_backward, IMM_CUDA_KERNEL(imm::cuda::gelu_tanh_backward),
          on.dtype(dtype), n, in_ptr(grad), in_ptr(x), out_ptr(grad_x));
 }
 

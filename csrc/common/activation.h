@@ -17,6 +17,9 @@
 // SIMD registers (exp_fast of kernel_math.h is vectorisable on the host, expf / exp on the device).
 #pragma once
 
+#include <cstdint>
+
+#include "dtype.h"
 #include "kernel_math.h"
 
 namespace imm {
@@ -62,5 +65,19 @@ IMM_HD V gelu_tanh_grad(V g, V x) {
   slope = x < S(-kGeluSaturation) ? splat<V>(S(0)) : slope;
   return g * slope;
 }
+
+// The kernels: every buffer holds n contiguous elements of `dtype`, owned by the caller; threads is the
+// OpenMP thread count, stream a cudaStream_t as an integer (device memory, nothing allocated).
+namespace cpu {
+// out = gelu_tanh(x).
+void gelu_tanh_forward(DType dtype, int64_t n, const void* x, void* out, int threads);
+// grad_x = grad * gelu_tanh'(x).
+void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x, void* grad_x, int threads);
+}  // namespace cpu
+
+namespace cuda {
+void gelu_tanh_forward(DType dtype, int64_t n, const void* x, void* out, std::uintptr_t stream);
+void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x, void* grad_x, std::uintptr_t stream);
+}  // namespace cuda
 
 }  // namespace imm

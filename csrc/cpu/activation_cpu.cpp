@@ -1,4 +1,4 @@
-// CPU kernels of the fused activations (see activation_cpu.h, common/activation.h).
+// CPU kernels of the fused activations (math and entry points in common/activation.h).
 //
 // Elementwise over blocks of kBlock elements: OpenMP threads take blocks (only above kGrain
 // elements: a smaller call runs on one thread), and within a block the math runs on whole SIMD
@@ -7,8 +7,6 @@
 // the accumulation type.
 //
 // CMake builds this file once per instruction set, in namespace imm::cpu::<IMM_CPU_ISA>.
-#include "activation_cpu.h"
-
 #include <omp.h>
 
 #include <algorithm>
@@ -74,6 +72,8 @@ void elementwise(int64_t n, const In* a, const In* b, In* out, int threads, Op o
   }
 }
 
+}  // namespace
+
 void gelu_tanh_forward(DType dtype, int64_t n, const void* x, void* out, int threads) {
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
@@ -92,11 +92,5 @@ void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x,
   });
 }
 
-}  // namespace
-
-const ActivationKernels& activation_kernels() {
-  static const ActivationKernels kernels{gelu_tanh_forward, gelu_tanh_backward};
-  return kernels;
-}
 
 }  // namespace imm::cpu::IMM_CPU_ISA

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "activation_cpu.h"
+#include "../common/activation.h"
 #include "../common/embedding.h"
 #include "../common/norm.h"
 #include "../common/qk_norm.h"
@@ -19,7 +19,8 @@
   void run_pair_task(const PairTask& task, int threads);                         \
   void attention_forward(const AttentionForwardTask& task, int threads);         \
   void attention_backward(const AttentionBackwardTask& task, int threads);       \
-  const ActivationKernels& activation_kernels();                                 \
+  decltype(::imm::cpu::gelu_tanh_forward) gelu_tanh_forward;                     \
+  decltype(::imm::cpu::gelu_tanh_backward) gelu_tanh_backward;                   \
   decltype(::imm::cpu::norm_modulate_forward) norm_modulate_forward;             \
   decltype(::imm::cpu::norm_modulate_backward) norm_modulate_backward;           \
   decltype(::imm::cpu::gate_residual_forward) gate_residual_forward;             \
@@ -31,10 +32,10 @@
   }
 #define IMM_CPU_ENTRY_POINTS(isa)                                                                         \
   EntryPoints {                                                                                           \
-    isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::activation_kernels,         \
-        isa::norm_modulate_forward, isa::norm_modulate_backward, isa::gate_residual_forward,              \
-        isa::gate_residual_backward, isa::timestep_embedding_forward, isa::timestep_embedding_backward,    \
-        isa::qk_norm_forward, isa::qk_norm_backward, #isa                                                 \
+    isa::run_pair_task, isa::attention_forward, isa::attention_backward, isa::gelu_tanh_forward,          \
+        isa::gelu_tanh_backward, isa::norm_modulate_forward, isa::norm_modulate_backward,                 \
+        isa::gate_residual_forward, isa::gate_residual_backward, isa::timestep_embedding_forward,         \
+        isa::timestep_embedding_backward, isa::qk_norm_forward, isa::qk_norm_backward, #isa               \
   }
 
 namespace imm::cpu {
@@ -53,7 +54,8 @@ struct EntryPoints {
   void (*run_pair_task)(const PairTask&, int);
   void (*attention_forward)(const AttentionForwardTask&, int);
   void (*attention_backward)(const AttentionBackwardTask&, int);
-  const ActivationKernels& (*activation_kernels)();
+  decltype(&imm::cpu::gelu_tanh_forward) gelu_tanh_forward;
+  decltype(&imm::cpu::gelu_tanh_backward) gelu_tanh_backward;
   decltype(&imm::cpu::norm_modulate_forward) norm_modulate_forward;
   decltype(&imm::cpu::norm_modulate_backward) norm_modulate_backward;
   decltype(&imm::cpu::gate_residual_forward) gate_residual_forward;
@@ -141,7 +143,13 @@ void timestep_embedding_backward(DType grad_dtype, int64_t rows, int64_t dim, do
   chosen().timestep_embedding_backward(grad_dtype, rows, dim, log_max_period, c, grad, grad_c, threads);
 }
 
-const ActivationKernels& activation_kernels() { return chosen().activation_kernels(); }
+void gelu_tanh_forward(DType dtype, int64_t n, const void* x, void* out, int threads) {
+  chosen().gelu_tanh_forward(dtype, n, x, out, threads);
+}
+
+void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x, void* grad_x, int threads) {
+  chosen().gelu_tanh_backward(dtype, n, grad, x, grad_x, threads);
+}
 
 void qk_norm_forward(DType dtype, QkNormShape shape, double eps, const void* qkv, const void* q_weight,
                      const void* k_weight, void* out, void* stats, int threads) {

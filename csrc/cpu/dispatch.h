@@ -12,8 +12,8 @@ void run_pair_task(const PairTask& task, int threads);
 void attention_forward(const AttentionForwardTask& task, int threads);
 void attention_backward(const AttentionBackwardTask& task, int threads);
 
-// The instruction set these functions, the norm, residual, embedding and qk-norm kernels declared in
-// common/*.h and activation_kernels() (cpu/activation_cpu.h) use on this processor: "avx512", "avx2" or "baseline" (the
+// The instruction set these functions and the kernels declared in common/*.h (norm, residual,
+// embedding, activation, qk-norm) use on this processor: "avx512", "avx2" or "baseline" (the
 // widest supported; the environment variable IMM_EXT_CPU_ISA may name a narrower one).
 const char* selected_isa();
 

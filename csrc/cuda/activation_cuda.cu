@@ -1,4 +1,4 @@
-// CUDA kernels of the fused activations (see activation_cuda.h, common/activation.h): grid-stride
+// CUDA kernels of the fused activations (math and entry points in common/activation.h): grid-stride
 // elementwise loops, math in the accumulation type.
 #include <cuda_runtime.h>
 
@@ -7,7 +7,6 @@
 #include <string>
 
 #include "../common/activation.h"
-#include "activation_cuda.h"
 #include "launch.cuh"
 
 namespace imm::cuda {
