@@ -1,7 +1,7 @@
 """Benchmark of the fused interpolant kernels (imm_ext.ops.interpolant_pair, sampler_step).
 
 x, noise of shape (B, 3, 32, 32) float32 (B = 4096 by default) on the CPU. For each op it prints the
-median wall time (ms) of repeated calls, after two warm-up calls, of:
+median wall time (ms) of repeated calls, after two warm-up calls, timed in rounds (harness.py), of:
   * fused:   the imm_ext op (coefficients per group / per sample, float64);
   * eager:   plain PyTorch with coefficients already expanded per sample, (B, 1, 1, 1) float32;
   * compile: torch.compile of that eager function (dynamic=False);
@@ -21,28 +21,17 @@ a plain memory copy of the same bytes.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from imm_ext import _core
 from imm_ext.ops import interpolant_pair, sampler_step
-
-
-def median_ms(fn, reps):
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+from harness import time_in_rounds
 
 
 def table(title, rows, reps):
-    timings = {name: median_ms(fn, reps) for name, fn in rows}
+    times = time_in_rounds({name: (fn, lambda: None) for name, fn in rows}, "cpu", reps, float("inf"), warmup=2)
+    timings = {name: t.median_ms for name, t in times.items()}
     fused = timings["fused"]
     print(f"\n### {title}\n")
     print("| method | median ms | time / fused |")

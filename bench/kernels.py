@@ -53,10 +53,7 @@ import gc
 import json
 import math
 import os
-import platform
-import statistics
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,8 +63,8 @@ import torch
 import torch.nn.functional as F
 
 import imm_ext
-from imm_ext.health_check import cpu_model
 from imm_ext.ops import mmd_loss_reference, timestep_embedding_pair_reference
+from harness import load_average, machine_info, synchronize, time_in_rounds, timed
 
 try:
     import geomloss
@@ -139,7 +136,8 @@ QUICK = Timing(max_reps=5, budget_s=0.5)
 
 @dataclass
 class Measurement:
-    ms: float
+    ms: float  # median
+    worst_ms: float
     reps: int
     warmup_s: Optional[float]  # the untimed warm-up call; None where a probe did the warm-up
     peak_extra_mb: float
@@ -256,27 +254,9 @@ BUILDERS = {
 # ---------------------------------------------------------------------------------------------
 # Timing and memory
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def median_ms(fn: Callable[[], object], reset: Callable[[], None], device: str, timing: Timing):
-    """Median ms and number of timed calls; reset() runs untimed before each call."""
-    times = []
-    deadline = time.perf_counter() + timing.budget_s
-    while not times or (len(times) < timing.max_reps and time.perf_counter() < deadline):
-        reset()
-        times.append(timed(fn, device))
-    return statistics.median(times) * 1e3, len(times)
+def rounds(calls: dict, device: str, timing: Timing) -> dict:
+    """{key: RoundTimes} of {key: (call, reset)}, timed in rounds (harness.py) as `timing` says."""
+    return time_in_rounds(calls, device, timing.max_reps, timing.budget_s)
 
 
 def rss_bytes() -> int:
@@ -358,8 +338,8 @@ def measure(call: Callable[[], object], reset: Callable[[], None], device: str, 
         warmup_s = timed(call, device)
     reset()
     peak_mb, value = memory_call(call, device)
-    ms, reps = median_ms(call, reset, device, timing)
-    return Measurement(ms, reps, warmup_s, peak_mb, value)
+    times = rounds({"call": (call, reset)}, device, timing)["call"]
+    return Measurement(times.median_ms, times.worst_ms, times.count, warmup_s, peak_mb, value)
 
 
 def probe_call_s(loss: Loss, case: Case, device: str) -> float:
@@ -434,7 +414,7 @@ def copy_limit(case: Case, device: str, timing: Timing) -> dict:
     x, y, _ = make_inputs(case, device)
     src, dst = torch.randn_like(x.detach()), torch.empty_like(x.detach())
     dst.copy_(src)
-    copy_ms, _ = median_ms(lambda: dst.copy_(src), lambda: None, device, timing)
+    copy_ms = rounds({"copy": (lambda: dst.copy_(src), lambda: None)}, device, timing)["copy"].median_ms
     bytes_x, bytes_y = x.numel() * x.element_size(), y.numel() * y.element_size()
     bandwidth = 2 * bytes_x / (copy_ms / 1e3)
     return dict(copy_ms=copy_ms, bandwidth_gb_s=bandwidth / 1e9,
@@ -662,7 +642,7 @@ def prepare_attention_method(method: str, case: AttentionCase, device: str) -> t
             warmup_s = timed(call, device)
             reset()
             peak_mb, value = memory_call(call, device)
-            setattr(result, mode, Measurement(float("nan"), 0, warmup_s, peak_mb, value))
+            setattr(result, mode, Measurement(float("nan"), float("nan"), 0, warmup_s, peak_mb, value))
             calls[mode] = (call, reset)
         except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
             result.notes.append(f"{mode}: {error_note(error)}")
@@ -670,20 +650,6 @@ def prepare_attention_method(method: str, case: AttentionCase, device: str) -> t
         result.notes.append(f"first call fwd / fwd+bwd {result.forward.warmup_s:.1f} s / "
                             f"{result.forward_backward.warmup_s:.1f} s (not timed; includes compilation)")
     return result, calls
-
-
-def time_in_rounds(calls: dict, device: str, timing: Timing) -> dict:
-    """Median ms and count of each call, timed in rounds of one call each (reset() untimed before
-    it), so that load changes on a shared machine reach every call alike."""
-    times = {key: [] for key in calls}
-    deadline = time.perf_counter() + timing.budget_s * len(calls)
-    for _ in range(timing.max_reps):
-        for key, (call, reset) in calls.items():
-            reset()
-            times[key].append(timed(call, device))
-        if time.perf_counter() > deadline:
-            break
-    return {key: (statistics.median(t) * 1e3, len(t)) for key, t in times.items()}
 
 
 def check_attention_agreement(case: AttentionCase, results: list) -> None:
@@ -750,14 +716,16 @@ def run_attention_case(case: AttentionCase, device: str, timing: Timing) -> dict
     prepared = [prepare_attention_method(method, case, device) for method in ATTENTION_METHODS]
     calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
     calls[("matmul", "limit")] = (matmul_call(case, device), lambda: None)
-    medians = time_in_rounds(calls, device, timing)
+    medians = rounds(calls, device, timing)
     results = [result for result, _ in prepared]
     for result in results:
         for mode in ("forward", "forward_backward"):
             if (result.method, mode) in medians:
-                getattr(result, mode).ms, getattr(result, mode).reps = medians[(result.method, mode)]
+                times = medians[(result.method, mode)]
+                measured = getattr(result, mode)
+                measured.ms, measured.worst_ms, measured.reps = times.median_ms, times.worst_ms, times.count
     check_attention_agreement(case, results)
-    limit = matmul_limit(case, medians[("matmul", "limit")][0])
+    limit = matmul_limit(case, medians[("matmul", "limit")].median_ms)
     print("\n" + format_attention_table(case, results, limit), flush=True)
     return dict(key=case.key, title=case.title, case=asdict(case), matmul_limit=limit,
                 best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
@@ -835,29 +803,9 @@ def format_block_table(case: BlockCase, per_op: dict) -> str:
     return "\n".join(lines)
 
 
-def machine_info(device: str) -> dict:
-    return dict(
-        device=device,
-        cpu=cpu_model(),
-        gpu=torch.cuda.get_device_name() if device == "cuda" else None,
-        cpu_count=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        imm_ext=imm_ext.__version__,
-        build_info=imm_ext.build_info(),
-        geomloss=geomloss.__version__ if geomloss else GEOMLOSS_MISSING,
-        pykeops=pykeops.__version__ if pykeops else KEOPS_MISSING,
-        load_average_at_start=load_average(),
-    )
-
-
-def load_average() -> Optional[list]:
-    """1, 5 and 15 minute load averages: other work on the machine skews the timings."""
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
+def machine_info_with_baselines(device: str) -> dict:
+    return dict(machine_info(device), geomloss=geomloss.__version__ if geomloss else GEOMLOSS_MISSING,
+                pykeops=pykeops.__version__ if pykeops else KEOPS_MISSING)
 
 
 def machine_line(info: dict) -> str:
@@ -900,7 +848,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     timing = QUICK if args.quick else FULL
-    info = machine_info(args.device)
+    info = machine_info_with_baselines(args.device)
     print(machine_line(info), flush=True)
     report = dict(machine=info, quick=args.quick, started=datetime.now().isoformat(timespec="seconds"),
                   cases=[], block=[])

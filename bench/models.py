@@ -12,7 +12,7 @@ block, into its input). Variants, each eager and under torch.compile (dynamic=Fa
                       CPU the same code as "imm_ext", so the spread between the two shows the noise).
 All variants share the same weights (the zero-initialised adaLN layers are given small random values
 so every branch computes something) and their outputs are checked against stock. The table gives the
-median wall time of repeated calls after two warm-up calls (which include compilation), the variants
+median (and worst) wall time of repeated calls after two warm-up calls (which include compilation), the variants
 of one case, mode and execution timed round-robin (so that load changes on a shared machine hit all
 alike), and the speedup over stock in the same execution mode (eager or compile). A profile of the imm_ext
 training step of the whole model (torch.profiler, self CPU time per op) splits it into matrix
@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -38,32 +34,11 @@ import torch
 
 from imm_ext.models import DiT
 from imm_ext.models.dit import DiTBlock
+from harness import load_average, machine_info, synchronize, time_in_rounds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VARIANTS = {"stock": dict(layers="stock"), "imm_ext": dict(attention_backend="auto"),
             "imm_ext+attn": dict(attention_backend="imm_ext")}
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved_median_ms(fns, reps, device):
-    """{name: median ms} of the callables in `fns`, after two warm-up calls each, timed round-robin (one
-    call of each per round) so that a load change on a shared machine hits every variant alike."""
-    for fn in fns.values():
-        for _ in range(2):
-            fn()
-    synchronize(device)
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def perturbed(module, seed=0):
@@ -140,13 +115,10 @@ def main():
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    machine = dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
-                   torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                   gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
-                   load_average_before=os.getloadavg())
-    where = machine["gpu"] or f"{machine['cpus']} CPUs, {machine['torch_threads']} threads"
+    machine = machine_info(device)
+    where = machine["gpu"] or f"{machine['cpu']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} threads"
     print(f"{args.device}: {where}, torch {torch.__version__}, batch {args.batch}, float32, "
-          f"load average {machine['load_average_before']}")
+          f"load average {machine['load_average_at_start']}")
     executions = ["eager"] + ([] if args.no_compile else ["compile"])
     rows, checks, profiles = [], [], {}
     for case in args.cases.split(","):
@@ -166,10 +138,13 @@ def main():
                 checks.append(dict(case=case, variant=variant, execution=execution,
                                    max_abs_diff_vs_stock=(forward() - reference).abs().max().item()))
             for index, mode in enumerate(("forward", "train step")):
-                timings = interleaved_median_ms({v: fns[index] for v, fns in calls.items()}, args.reps, device)
-                for variant, ms in timings.items():
-                    rows.append(dict(case=case, mode=mode, variant=variant, execution=execution, ms=ms))
-                    print(f"  {case:5s} {mode:10s} {variant:12s} {execution:7s} {ms:9.1f} ms", flush=True)
+                timings = time_in_rounds({v: (fns[index], lambda: None) for v, fns in calls.items()}, device,
+                                         args.reps, budget_s=float("inf"), warmup=2)
+                for variant, times in timings.items():
+                    rows.append(dict(case=case, mode=mode, variant=variant, execution=execution, ms=times.median_ms,
+                                     worst_ms=times.worst_ms))
+                    print(f"  {case:5s} {mode:10s} {variant:12s} {execution:7s} {times.median_ms:9.1f} ms "
+                          f"(worst {times.worst_ms:.1f})", flush=True)
         if case == "dit":
             profiles[case] = profile_breakdown(runners(modules["imm_ext"], inputs, grad_input)[1], device)
 
@@ -187,7 +162,7 @@ def main():
         print(f"\nprofile of the imm_ext eager training step ({case}), self time {total:.0f} ms: "
               + ", ".join(f"{k} {v:.0f} ms ({100 * v / total:.0f}%)" for k, v in totals.items()))
         print("top ops: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in top))
-    machine["load_average_after"] = os.getloadavg()
+    machine["load_average_at_end"] = load_average()
     RESULTS_DIR.mkdir(exist_ok=True)
     out = args.out or RESULTS_DIR / f"models-{args.device}-{datetime.now():%Y%m%d-%H%M%S}.json"
     profiles = {case: dict(totals=totals, top_ops=top) for case, (totals, top) in profiles.items()}

@@ -1,0 +1,35 @@
+"""bench/harness.py, the timing protocol the benchmarks share: rounds time every call once each in a
+fixed order after its untimed reset, warm-up rounds are not timed, and median and worst are reported."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import harness  # noqa: E402
+
+
+def test_rounds_interleave_the_calls_and_reset_each_before_it(monkeypatch):
+    order = []
+    calls = {name: (lambda name=name: order.append(name), lambda name=name: order.append("reset " + name))
+             for name in ("a", "b")}
+    times = harness.time_in_rounds(calls, "cpu", max_rounds=3, budget_s=float("inf"), warmup=1)
+    assert order == ["reset a", "a", "reset b", "b"] * 4  # one warm-up round, then three timed
+    assert {key: t.count for key, t in times.items()} == {"a": 3, "b": 3}
+
+
+def test_median_and_worst_come_from_the_timed_calls(monkeypatch):
+    durations = iter([0.001, 0.005, 0.002])
+    monkeypatch.setattr(harness, "timed", lambda call, device: next(durations))
+    times = harness.time_in_rounds({"only": (lambda: None, lambda: None)}, "cpu", 3, float("inf"))["only"]
+    assert (times.median_ms, times.worst_ms, times.count) == (2.0, 5.0, 3)
+
+
+def test_a_spent_budget_stops_after_the_round_it_is_in():
+    times = harness.time_in_rounds({"k": (lambda: None, lambda: None)}, "cpu", max_rounds=100, budget_s=0.0)
+    assert times["k"].count == 1
+
+
+def test_machine_info_names_the_machine_and_the_load():
+    info = harness.machine_info("cpu")
+    assert info["cpu"] and info["cpu_count"] >= 1 and info["torch_threads"] >= 1 and info["gpu"] is None
+    assert info["load_average_at_start"] is None or len(info["load_average_at_start"]) == 3
