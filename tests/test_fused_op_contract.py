@@ -1,15 +1,18 @@
 """The op contract of every op declared with ops/fused_op.py, from one table of specs: the eager route
 (autograd.Function) and the custom-op route give the same values and gradients bit for bit; gradcheck
 (and gradgradcheck where the op is twice differentiable); torch.library.opcheck, which also traces the
-registered autograd and the backward's fake; torch.compile(fullgraph=True) against eager; and the
-emulated CUDA kernels (and the GPU's, where there is one) against the CPU's. Each op's own test file
-keeps what is specific to it: its numerics against the reference, edge values and bad input."""
+registered autograd and the backward's fake; torch.compile(fullgraph=True) against eager; integer and
+wrong-device tensors refused by name on both routes; every per-ISA CPU build against the widest; and
+the emulated CUDA kernels (and the GPU's, where there is one) against the CPU's. Each op's own test
+file keeps what is specific to it: its numerics against the reference, edge values and the rest of bad
+input."""
 from dataclasses import dataclass
 from typing import Callable
 
 import pytest
 import torch
 
+import imm_ext
 from imm_ext.ops import activation_ops, attention_ops, embedding_ops, norm_ops, qk_norm_ops, residual_ops
 from imm_ext.ops.fused_op import FusedOp
 
@@ -117,3 +120,68 @@ def test_cuda_kernels_match_the_cpu_kernels(gpu, name):
     cpu = value_and_grads_on("cpu", _route(spec, torch.float32), inputs, cotangent)
     for a, b in zip(value_and_grads_on(gpu, _route(spec, torch.float32), inputs, cotangent), cpu):
         torch.testing.assert_close(a, b, **TOLERANCE[torch.float32])
+
+
+def _argument_names(spec: Spec) -> list:
+    return [argument.name for argument in spec.fused.op._opoverload._schema.arguments]
+
+
+@pytest.mark.parametrize("route", ["eager", "op"])
+@pytest.mark.parametrize("name", SPECS)
+def test_bad_tensors_are_refused_by_name(name, route):
+    """Every tensor input, on both routes (the custom op is what direct torch.ops.imm_ext calls reach):
+    an integer tensor is a TypeError and a tensor on another device a ValueError, each naming it."""
+    spec = SPECS[name]
+    call = spec.fused if route == "eager" else spec.fused.op
+    names = _argument_names(spec)
+    for index in range(len(spec.shapes)):
+        inputs = list(_inputs(spec, torch.float32))
+        inputs[index] = inputs[index].long()
+        with pytest.raises(TypeError, match=names[index]):
+            call(*inputs, *spec.options(torch.float32))
+        if index > 0:
+            inputs = list(_inputs(spec, torch.float32))
+            inputs[index] = inputs[index].to("meta")
+            with pytest.raises(ValueError, match=f"{names[index]} must be on the device"):
+                call(*inputs, *spec.options(torch.float32))
+
+
+_EVERY_BUILD_SCRIPT = """
+import sys
+import torch
+sys.path.insert(0, {tests!r})
+from conftest import value_and_grads_on
+from test_fused_op_contract import SPECS, _cotangent, _inputs, _route
+results = {{}}
+for name, spec in SPECS.items():
+    inputs = _inputs(spec, torch.float32, seed=5)
+    results[name] = value_and_grads_on("cpu", _route(spec, torch.float32), inputs, _cotangent(spec, torch.float32, inputs))
+torch.save(results, sys.argv[1])
+import imm_ext
+print(imm_ext.build_info()["cpu_isa"])
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_instruction_set_build_agrees(isa, tmp_path):
+    """The per-ISA CPU builds (IMM_EXT_CPU_ISA caps the choice) give the widest build's values and
+    gradients for every op, up to float32 rounding (vector widths change the order of sums)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = _EVERY_BUILD_SCRIPT.format(tests=str(Path(__file__).resolve().parent))
+    out = tmp_path / "results.pt"
+    run = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "IMM_EXT_CPU_ISA": isa})
+    assert run.returncode == 0, run.stderr[-3000:]
+    order = ["baseline", "avx2", "avx512"]
+    widest = imm_ext.build_info()["cpu_isa"]
+    assert run.stdout.split()[-1] == order[min(order.index(isa), order.index(widest))]
+    theirs = torch.load(out)
+    for name, spec in SPECS.items():
+        inputs = _inputs(spec, torch.float32, seed=5)
+        ours = value_and_grads_on("cpu", _route(spec, torch.float32), inputs, _cotangent(spec, torch.float32, inputs))
+        for a, b in zip(theirs[name], ours):
+            torch.testing.assert_close(a, b, **TOLERANCE[torch.float32])
