@@ -15,6 +15,8 @@
 namespace imm::cpu::IMM_CPU_ISA {
 namespace {
 
+constexpr int64_t kTranscendentalWork = 8;  // an exp, cos or sin, in element operations
+
 // Rows are taken in blocks that share a table of the frequencies (one exp per frequency and block,
 // not per element); within a block the frequencies come in pieces of kFrequencies (a stack table).
 constexpr int64_t kEmbeddingRows = 64;

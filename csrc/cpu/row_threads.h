@@ -21,7 +21,6 @@ namespace {
 // Threads worth waking for `items` work items of about `work` element operations each: at least
 // kGrain operations per thread (a small op, such as the time embedding of a batch, runs on one).
 constexpr int64_t kGrain = int64_t(1) << 15;
-constexpr int64_t kTranscendentalWork = 8;  // an exp, cos or sin, in element operations
 
 int thread_count(int threads, int64_t items, int64_t work) {
   const int64_t useful = (items * work + kGrain - 1) / kGrain;

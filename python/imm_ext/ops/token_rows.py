@@ -64,7 +64,6 @@ def check_one_dtype(x_name: str, x: Tensor, **others: Tensor) -> None:
         check_like(name, t, x, x_name, device=False, dtype=True)
 
 
-
 def promoted(*tensors: Tensor) -> Tuple[Tensor, ...]:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
