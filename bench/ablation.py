@@ -58,13 +58,13 @@ VARIANT_SETS: Dict[str, tuple] = {
     "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
                         "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
                         "T=0.999": ["method.T=0.999"]}),
-    # The network at equal wall time, both methods: the preset's DiT on 2x2 patches (16 tokens of an 8x8
-    # digit), on 4x4 patches (4 tokens: cheaper, so more steps, or a wider DiT in the same time), and a
-    # small DDPM++ UNet.
+    # The network at equal wall time, both methods: the preset's DiT on 4x4 patches (4 tokens of an 8x8
+    # digit), on 2x2 patches (16 tokens: dearer, so fewer steps), 4x4 patches wider in about the same time,
+    # and a small DDPM++ UNet.
     "network": ("time", {
-        "IMM DiT patch 2 (preset)": [], "FM DiT patch 2 (preset)": FM_BEST,
-        "IMM DiT patch 4": ["model.options.patch_size=4"], "FM DiT patch 4": [*FM_BEST, "model.options.patch_size=4"],
-        "IMM DiT patch 4 width 128": ["model.options.patch_size=4", "model.options.hidden_size=128"],
+        "IMM DiT patch 4 (preset)": [], "FM DiT patch 4 (preset)": FM_BEST,
+        "IMM DiT patch 2": ["model.options.patch_size=2"], "FM DiT patch 2": [*FM_BEST, "model.options.patch_size=2"],
+        "IMM DiT patch 4 width 128": ["model.options.hidden_size=128"],
         "IMM UNet": UNET, "FM UNet": [*FM_BEST, *UNET]}),
     # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
     "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": FM_BEST,

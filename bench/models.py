@@ -82,7 +82,7 @@ def runners(module, inputs, grad_input):
 
 
 def categorize(name):
-    if any(key in name for key in ("attention", "softmax")):
+    if any(key in name.lower() for key in ("attention", "softmax")):  # the ops and their autograd nodes
         return "attention"
     if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm") or "convolution" in name:
         return "matmul"

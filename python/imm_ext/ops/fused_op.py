@@ -46,16 +46,15 @@ def fused_op(name: str, forward: Callable, forward_fake: Callable, backward: Cal
     backward_op.register_fake(backward_fake)
     op.register_autograd(lambda ctx, *grads: gradients(ctx, grads, backward_op), setup_context=setup)
 
-    class Eager(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *inputs):
-            outputs = forward(*inputs)
-            setup(ctx, inputs, outputs)
-            return outputs
+    def eager_forward(ctx, *inputs):
+        outputs = forward(*inputs)
+        setup(ctx, inputs, outputs)
+        return outputs
 
-        @staticmethod
-        def backward(ctx, *grads):
-            return gradients(ctx, grads, backward)
+    def eager_backward(ctx, *grads):
+        return gradients(ctx, grads, backward)
 
-    Eager.__name__ = Eager.__qualname__ = "".join(part.title() for part in name.split("_"))
+    # Named at creation: autograd names the backward node class <Name>Backward from it (profiles show it).
+    Eager = type("".join(part.title() for part in name.split("_")), (torch.autograd.Function,),
+                 {"forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)})
     return FusedOp(op, backward_op, Eager)
