@@ -14,7 +14,9 @@ Methods: imm_ext (the compiled kernels), eager (imm_ext.ops.mmd_loss_reference),
 (torch.compile of that reference, dynamic=False), cdist (a torch.cdist formulation), and GeomLoss
 SamplesLoss with the tensorized and online (KeOps) backends (set cases only: GeomLoss takes one
 scalar blur, so IMM's per-group bandwidths cannot be expressed). IMM cases add a "copy limit" row:
-the memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run.
+the memory-traffic lower bound at the bandwidth of dst.copy_(src) measured in the same run, and a second
+table that times imm_ext against torch.compile under each gradient protocol (fresh, accumulated, after a
+large eager temporary; bench/gradient_protocols.py) in shared interleaved rounds, with page faults per call.
 Section "attention": cases attn-* (DiT-S/2 and DiT-XL/2 head shapes at 256 tokens, float32 and
 bfloat16, and 1024 tokens) time loss = sum(attention(q, k, v) * w) with methods imm_ext, sdpa-flash and sdpa-math
 (torch.nn.functional.scaled_dot_product_attention restricted to one backend), eager
@@ -64,6 +66,7 @@ import torch.nn.functional as F
 
 import imm_ext
 from imm_ext.ops import mmd_loss_reference, timestep_embedding_pair_reference
+from gradient_protocols import format_protocols, time_protocols
 from harness import load_average, machine_info, synchronize, time_in_rounds, timed
 
 try:
@@ -420,6 +423,18 @@ def copy_limit(case: Case, device: str, timing: Timing) -> dict:
     return dict(copy_ms=copy_ms, bandwidth_gb_s=bandwidth / 1e9,
                 forward_ms=(bytes_x + bytes_y) / bandwidth * 1e3,
                 forward_backward_ms=(2 * (bytes_x + bytes_y) + bytes_x) / bandwidth * 1e3)
+
+
+def run_protocols(case: Case, device: str, timing: Timing, limit: dict) -> dict:
+    """imm_ext against torch.compile of the reference (the best baseline of the IMM cases) under every
+    gradient protocol (gradient_protocols.py), printed as a table."""
+    options = make_inputs(case, device)[2]
+    losses = {method: BUILDERS[method](case, options) for method in ("imm_ext", "compile")}
+    results = time_protocols(losses, lambda: make_inputs(case, device)[:2], device, timing.max_reps,
+                             timing.budget_s, int(case.difference_bytes))
+    print("\n" + format_protocols(case.title, results, "imm_ext", "compile", limit["forward_backward_ms"]),
+          flush=True)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -866,7 +881,9 @@ def main(argv=None) -> None:
         check_agreement(results)
         limit = copy_limit(case, args.device, timing) if case.imm else None
         print("\n" + format_table(case, results, limit), flush=True)
+        protocols = run_protocols(case, args.device, timing, limit) if case.imm else None
         report["cases"].append(dict(key=case.key, title=case.title, case=asdict(case), copy_limit=limit,
+                                    gradient_protocols=protocols,
                                     best_baseline={mode: getattr(best_baseline(results, mode), "method", None)
                                                    for mode in ("forward", "forward_backward")},
                                     results=[asdict(r) for r in results]))

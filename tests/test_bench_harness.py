@@ -1,5 +1,6 @@
 """bench/harness.py, the timing protocol the benchmarks share: rounds time every call once each in a
-fixed order after its untimed reset, warm-up rounds are not timed, and median and worst are reported."""
+fixed order after its untimed reset, warm-up rounds are not timed, and median and worst are reported;
+and bench/gradient_protocols.py, which times forward + backward under each way of handing out gradients."""
 import sys
 from pathlib import Path
 
@@ -33,3 +34,40 @@ def test_machine_info_names_the_machine_and_the_load():
     info = harness.machine_info("cpu")
     assert info["cpu"] and info["cpu_count"] >= 1 and info["torch_threads"] >= 1 and info["gpu"] is None
     assert info["load_average_at_start"] is None or len(info["load_average_at_start"]) == 3
+
+
+def test_gradient_protocols_reset_or_keep_the_gradient_as_named():
+    import torch
+    import gradient_protocols
+
+    leaves = [torch.ones(3, requires_grad=True)]
+    seen = []
+
+    def loss(x):
+        seen.append(None if x.grad is None else x.grad.clone())
+        return x.sum()
+
+    for protocol, expect_kept in (("fresh", False), ("accumulated", True), ("after eager", False)):
+        seen.clear()
+        call, reset = gradient_protocols.protocol_calls(loss, leaves, protocol, 64, [])
+        for _ in range(3):
+            reset()
+            call()
+        kept = [grad is not None for grad in seen[1:]]
+        assert kept == [expect_kept] * 2, protocol
+        leaves[0].grad = None
+
+
+def test_gradient_protocols_time_every_pair_and_count_faults():
+    import torch
+    import gradient_protocols
+
+    losses = {"a": lambda x: (x * 2).sum(), "b": lambda x: x.square().sum()}
+    results = gradient_protocols.time_protocols(losses, lambda: [torch.randn(64, requires_grad=True)], "cpu",
+                                                max_rounds=3, budget_s=float("inf"), scratch_bytes=1024)
+    assert list(results) == list(gradient_protocols.PROTOCOLS)
+    for methods in results.values():
+        assert set(methods) == {"a", "b"}
+        assert all(m["count"] == 3 and m["faults_per_call"] >= 0 for m in methods.values())
+    table = gradient_protocols.format_protocols("t", results, "a", "b", limit_ms=1.0)
+    assert table.count("\n| ") == 1 + len(gradient_protocols.PROTOCOLS)

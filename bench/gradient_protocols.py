@@ -1,0 +1,78 @@
+"""How a training loop hands gradients to a loss, as timing protocols for forward + backward.
+
+The same call can cost very different times depending on what happens to the gradient between calls:
+    fresh        x.grad = None before each call (zero_grad's default): every backward writes a new
+                 gradient buffer, which the allocator may have to map and the kernel fault in page by page;
+    accumulated  x.grad kept between calls (gradient accumulation): the new gradient is added into it;
+    after eager  fresh, after a large temporary was allocated and freed (an eager op's scratch in between),
+                 which changes what the allocator holds when the gradient is allocated.
+Every (protocol, method) pair is timed in the same interleaved rounds (harness.py), so load changes reach all
+alike; each call's minor page faults (getrusage) are counted beside its time.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+from typing import Callable, Dict, Sequence
+
+import torch
+
+from harness import time_in_rounds
+
+PROTOCOLS = ("fresh", "accumulated", "after eager")
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def protocol_calls(loss: Callable, leaves: Sequence[torch.Tensor], protocol: str, scratch_bytes: int,
+                   faults: list) -> tuple:
+    """(call, reset) of loss(*leaves).backward() under one protocol; each call appends its page faults."""
+    def reset():
+        if protocol != "accumulated":
+            for leaf in leaves:
+                leaf.grad = None
+        if protocol == "after eager":
+            torch.empty(scratch_bytes // 4).fill_(0.0)  # allocated, touched and freed
+
+    def call():
+        before = minor_faults()
+        loss(*leaves).backward()
+        faults.append(minor_faults() - before)
+    return call, reset
+
+
+def time_protocols(losses: Dict[str, Callable], make_leaves: Callable[[], Sequence[torch.Tensor]], device: str,
+                   max_rounds: int, budget_s: float, scratch_bytes: int) -> Dict[str, Dict[str, dict]]:
+    """{protocol: {method: {median_ms, worst_ms, count, faults_per_call}}}, every pair in the same rounds,
+    after one untimed round (warm-up; it also leaves the accumulated protocol a .grad to add into)."""
+    calls, faults = {}, {}
+    for protocol in PROTOCOLS:
+        for method, loss in losses.items():
+            faults[protocol, method] = []
+            calls[protocol, method] = protocol_calls(loss, make_leaves(), protocol, scratch_bytes,
+                                                     faults[protocol, method])
+    times = time_in_rounds(calls, device, max_rounds, budget_s, warmup=1)
+    return {protocol: {method: dict(median_ms=times[protocol, method].median_ms,
+                                    worst_ms=times[protocol, method].worst_ms,
+                                    count=times[protocol, method].count,
+                                    faults_per_call=statistics.median(faults[protocol, method][1:]))
+                       for method in losses} for protocol in PROTOCOLS}
+
+
+def format_protocols(title: str, results: Dict[str, Dict[str, dict]], ours: str, baseline: str,
+                     limit_ms: float) -> str:
+    """Markdown: per protocol, both methods' median / worst ms, their ratio and page faults per call."""
+    lines = [f"#### {title}: forward + backward by gradient protocol", "",
+             f"| protocol | {ours} median / worst ms | {baseline} median / worst ms | ratio median / worst "
+             f"| {ours} / limit | page faults per call {ours} / {baseline} |", "|---|---|---|---|---|---|"]
+    for protocol, methods in results.items():
+        a, b = methods[ours], methods[baseline]
+        lines.append(f"| {protocol} | {a['median_ms']:.1f} / {a['worst_ms']:.1f} | {b['median_ms']:.1f} / "
+                     f"{b['worst_ms']:.1f} | {a['median_ms'] / b['median_ms']:.2f} / "
+                     f"{a['worst_ms'] / b['worst_ms']:.2f} | {a['median_ms'] / limit_ms:.2f} | "
+                     f"{a['faults_per_call']:.0f} / {b['faults_per_call']:.0f} |")
+    lines += ["", f"ratio = {ours} / {baseline} (< 1: {ours} is faster), of the medians and of the worst calls; "
+              "limit = the copy limit of forward + backward above."]
+    return "\n".join(lines)
