@@ -34,7 +34,7 @@ def protocol_calls(loss: Callable, leaves: Sequence[torch.Tensor], protocol: str
             for leaf in leaves:
                 leaf.grad = None
         if protocol == "after eager":
-            torch.empty(scratch_bytes // 4).fill_(0.0)  # allocated, touched and freed
+            torch.empty(scratch_bytes, dtype=torch.uint8).fill_(0)  # allocated, touched and freed
 
     def call():
         before = minor_faults()
