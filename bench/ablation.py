@@ -29,57 +29,70 @@ from imm_ext.train.plots import save_figure
 from study_runs import TUNED, measure_speeds, score, train_together, training_folder
 
 FM = ["method.kind=flow_matching"]
-FM_BEST = [*FM, *TUNED["digits"]["flow_matching"]]  # the baseline at its own best learning rate
-# A small DDPM++ UNet for 8x8 pixels, 16 and 32 channels at 8x8 and 4x4 (fewer weights than the preset DiT,
-# more time a step; with attention at 4x4 and twice the channels it is several times slower).
-UNET = ["model.kind=unet", "model.options={model_channels: 16, channel_mult: [1, 2], num_blocks: 1, "
-        "attn_resolutions: [], heads: 1, dropout: 0.0}"]
+# A small DDPM++ UNet, 16 channels at full resolution and 32 below, no attention: fewer weights than the
+# preset DiT, more time a step (with attention and twice the channels it is several times slower). On
+# 8x8 digits two levels (8x8, 4x4); on padded 32x32 Fashion-MNIST three (32, 16, 8).
+UNET_LEVELS = {"digits": "[1, 2]", "fashion-mnist": "[1, 2, 2]"}
 COSINE = ["optimizer.schedule=cosine", "optimizer.final_lr_fraction=0.1"]
 
-# name -> (equal "steps" or equal "time", {variant: overrides}); the first variant is the preset itself.
-VARIANT_SETS: Dict[str, tuple] = {
-    # Paper: M = 1 (the consistency-model case) trains worse or unstably; M > 1 better.
-    "particles": ("steps", {"M=4 (preset)": [], "M=1": ["method.particles=1"], "M=2": ["method.particles=2"],
-                            "M=8": ["method.particles=8"]}),
-    # r(s, t): a decrement of (T - eps) / 2^k in eta, t or lambda; larger k, a smaller gap t - r.
-    "mapping": ("steps", {"eta k=12 (preset)": [], "eta k=10": ["method.k=10"], "eta k=14": ["method.k=14"],
-                          "t k=12": ["method.mapping=t"], "lambda k=12": ["method.mapping=lambda"]}),
-    # Paper (Table 3): Laplace best, energy distance and RBF worse.
-    "kernel": ("steps", {"laplace (preset)": [], "gaussian": ["method.kernel=gaussian"],
-                         "energy": ["method.kernel=energy"]}),
-    # Paper (Table 4): w(s, t) with a = 1 and a tuned b beats no weighting.
-    "weighting": ("steps", {"a=1 b=5 (preset)": [], "a=2 b=5": ["method.a=2"], "a=1 b=2": ["method.b=2"],
-                            "none": ["method.weighting=none"]}),
-    # The decay over a longer run: twice the learning rate falling to a tenth, for either method.
-    "decay": ("steps", {"IMM lr 1e-3 constant (preset)": [], "FM lr 2e-3 constant (preset)": FM_BEST,
-                        "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE],
-                        "FM lr 4e-3 cosine": [*FM, "optimizer.lr=4e-3", *COSINE]}),
-    # The noise range: the smallest time eps_t and the largest T that training and sampling use.
-    "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
-                        "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
-                        "T=0.999": ["method.T=0.999"]}),
-    # The network at equal wall time, both methods: the preset's DiT on 4x4 patches (4 tokens of an 8x8
-    # digit), on 2x2 patches (16 tokens: dearer, so fewer steps), 4x4 patches wider in about the same time,
-    # and a small DDPM++ UNet.
-    "network": ("time", {
-        "IMM DiT patch 4 (preset)": [], "FM DiT patch 4 (preset)": FM_BEST,
-        "IMM DiT patch 2": ["model.options.patch_size=2"], "FM DiT patch 2": [*FM_BEST, "model.options.patch_size=2"],
-        "IMM DiT patch 4 width 128": ["model.options.hidden_size=128"],
-        "IMM UNet": UNET, "FM UNet": [*FM_BEST, *UNET]}),
-    # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
-    "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": FM_BEST,
-                           "IMM cosine": COSINE, "FM cosine": [*FM_BEST, *COSINE],
-                           "IMM linear": ["optimizer.schedule=linear", "optimizer.final_lr_fraction=0.1"],
-                           "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE]}),
-    # The search: both methods at equal wall time over learning rate, EMA, batch and network.
-    "recipe": ("time", {
-        "IMM (preset)": [], "FM (preset)": FM,
-        "IMM lr 2e-3": ["optimizer.lr=2e-3"], "FM lr 2e-3": [*FM, "optimizer.lr=2e-3"],
-        "IMM batch 256": ["train.batch_size=256"], "FM batch 256": [*FM, "train.batch_size=256"],
-        "IMM width 96 depth 3": ["model.options.hidden_size=96", "model.options.depth=3"],
-        "FM width 96 depth 3": [*FM, "model.options.hidden_size=96", "model.options.depth=3"],
-        "IMM k=10": ["method.k=10"], "IMM b=3": ["method.b=3"]}),
-}
+
+def unet(dataset: str) -> List[str]:
+    return ["model.kind=unet", f"model.options={{model_channels: 16, channel_mult: {UNET_LEVELS[dataset]}, "
+            "num_blocks: 1, attn_resolutions: [], heads: 1, dropout: 0.0}"]
+
+
+def variant_sets(dataset: str) -> Dict[str, tuple]:
+    """name -> (equal "steps" or equal "time", {variant: overrides}) for a dataset's preset; the first
+    variant of each method is its preset (flow matching at its own best learning rate where it has one).
+    The labels name the digits preset's values."""
+    fm_best = [*FM, *TUNED.get(dataset, {}).get("flow_matching", [])]
+    unet_overrides = unet(dataset)
+    return {
+        # Paper: M = 1 (the consistency-model case) trains worse or unstably; M > 1 better.
+        "particles": ("steps", {"M=4 (preset)": [], "M=1": ["method.particles=1"], "M=2": ["method.particles=2"],
+                                "M=8": ["method.particles=8"]}),
+        # r(s, t): a decrement of (T - eps) / 2^k in eta, t or lambda; larger k, a smaller gap t - r.
+        "mapping": ("steps", {"eta k=12 (preset)": [], "eta k=10": ["method.k=10"], "eta k=14": ["method.k=14"],
+                              "t k=12": ["method.mapping=t"], "lambda k=12": ["method.mapping=lambda"]}),
+        # Paper (Table 3): Laplace best, energy distance and RBF worse.
+        "kernel": ("steps", {"laplace (preset)": [], "gaussian": ["method.kernel=gaussian"],
+                             "energy": ["method.kernel=energy"]}),
+        # Paper (Table 4): w(s, t) with a = 1 and a tuned b beats no weighting.
+        "weighting": ("steps", {"a=1 b=5 (preset)": [], "a=2 b=5": ["method.a=2"], "a=1 b=2": ["method.b=2"],
+                                "none": ["method.weighting=none"]}),
+        # The decay over a longer run: twice the learning rate falling to a tenth, for either method.
+        "decay": ("steps", {"IMM lr 1e-3 constant (preset)": [], "FM lr 2e-3 constant (preset)": fm_best,
+                            "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE],
+                            "FM lr 4e-3 cosine": [*FM, "optimizer.lr=4e-3", *COSINE]}),
+        # The noise range: the smallest time eps_t and the largest T that training and sampling use.
+        "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
+                            "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
+                            "T=0.999": ["method.T=0.999"]}),
+        # The network at equal wall time, both methods: the preset's DiT on 4x4 patches (4 tokens of an 8x8
+        # digit), on 2x2 patches (16 tokens: dearer, so fewer steps), 4x4 patches wider in about the same time,
+        # and a small DDPM++ UNet.
+        "network": ("time", {
+            "IMM DiT patch 4 (preset)": [], "FM DiT patch 4 (preset)": fm_best,
+            "IMM DiT patch 2": ["model.options.patch_size=2"], "FM DiT patch 2": [*fm_best, "model.options.patch_size=2"],
+            "IMM DiT patch 4 width 128": ["model.options.hidden_size=128"],
+            "IMM UNet": unet_overrides, "FM UNet": [*fm_best, *unet_overrides]}),
+        # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
+        "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": fm_best,
+                               "IMM cosine": COSINE, "FM cosine": [*fm_best, *COSINE],
+                               "IMM linear": ["optimizer.schedule=linear", "optimizer.final_lr_fraction=0.1"],
+                               "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE]}),
+        # The search: both methods at equal wall time over learning rate, EMA, batch and network.
+        "recipe": ("time", {
+            "IMM (preset)": [], "FM (preset)": FM,
+            "IMM lr 2e-3": ["optimizer.lr=2e-3"], "FM lr 2e-3": [*FM, "optimizer.lr=2e-3"],
+            "IMM batch 256": ["train.batch_size=256"], "FM batch 256": [*FM, "train.batch_size=256"],
+            "IMM width 96 depth 3": ["model.options.hidden_size=96", "model.options.depth=3"],
+            "FM width 96 depth 3": [*FM, "model.options.hidden_size=96", "model.options.depth=3"],
+            "IMM k=10": ["method.k=10"], "IMM b=3": ["method.b=3"]}),
+    }
+
+
+SET_NAMES = tuple(variant_sets("digits"))
 
 
 def is_flow_matching(overrides: List[str]) -> bool:
@@ -94,9 +107,11 @@ def headline(scores: dict, flow_matching: bool) -> Dict[str, float]:
 
 
 def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], samples: int, speeds_file, out_stem: Path,
-                    extra: List[str], runs_dir=None, parallel: int = 2) -> dict:
-    """Train and score every variant of VARIANT_SETS[name]; write <out_stem>.json and the bar figure."""
-    mode, variants = VARIANT_SETS[name]
+                    extra: List[str], runs_dir=None, parallel: int = 2, only=None) -> dict:
+    """Train and score the variants of variant_sets(dataset)[name] (those whose slugs are in `only`, and
+    the presets, when it is given); write <out_stem>.json and the bar figure."""
+    mode, variants = variant_sets(dataset)[name]
+    variants = chosen_variants(variants, only)
     jobs = {_slug(label): [*overrides, *extra] for label, overrides in variants.items()}
     labels = {_slug(label): label for label in variants}
     timing_steps = 30 if samples < 500 else 200
@@ -129,6 +144,18 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     results["figure"] = str(figure(results, Path(f"{out_stem}.png")))
     Path(f"{out_stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def chosen_variants(variants: Dict[str, List[str]], only) -> Dict[str, List[str]]:
+    """The variants named by slug in `only` (all when it is None), with each method's preset first."""
+    if only is None:
+        return variants
+    slugs = {_slug(label): label for label in variants}
+    unknown = sorted(set(only) - set(slugs))
+    if unknown:
+        raise SystemExit(f"--variants: no variant {', '.join(unknown)} in this set; it has {', '.join(slugs)}")
+    presets = set(method_presets(variants).values())
+    return {label: overrides for label, overrides in variants.items() if label in presets or _slug(label) in only}
 
 
 def stored_speeds(stored: Dict[str, float], jobs: Dict[str, List[str]], mode: str) -> Dict[str, float]:

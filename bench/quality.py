@@ -39,7 +39,7 @@ from imm_ext.health_check import cpu_model
 from imm_ext.train.checkpoint import list_checkpoints
 from imm_ext.train.evaluation import generate, load_trained_model
 from imm_ext.train.plots import save_figure
-from ablation import VARIANT_SETS, run_variant_set
+from ablation import SET_NAMES, run_variant_set
 from study_runs import (FM_STEPS, IMM_STEPS, METHODS, measure_speeds, method_overrides, network_evaluations, score,
                         train_together, training_folder)
 
@@ -131,7 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
     parser.add_argument("--budgets", help="training wall seconds per method, comma-separated (default 120,300,900; "
                                           "one budget with --ablation, default 300)")
-    parser.add_argument("--ablation", choices=sorted(VARIANT_SETS), help="train and score a set of variants instead")
+    parser.add_argument("--ablation", choices=sorted(SET_NAMES), help="train and score a set of variants instead")
+    parser.add_argument("--variants", help="with --ablation: only these variants (comma-separated slugs, such as "
+                                           "imm-unet,fm-unet) and the methods' presets")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=1000, help="generated samples per metric")
     parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
@@ -164,7 +166,8 @@ def main(argv=None) -> int:
                                     f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         arguments.out_dir.mkdir(parents=True, exist_ok=True)
         results = run_variant_set(arguments.ablation, arguments.dataset, budgets[0], seeds, arguments.samples,
-                                  arguments.speeds, stem, extra, arguments.runs_dir)
+                                  arguments.speeds, stem, extra, arguments.runs_dir,
+                                  only=arguments.variants.split(",") if arguments.variants else None)
         print(f"results: {stem}.json; figure: {results['figure']}\n{results['table']}")
         return 0
     started = time.perf_counter()

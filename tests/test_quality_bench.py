@@ -110,3 +110,21 @@ def test_an_ablation_reuses_an_equal_time_studys_speeds_only_where_steps_are_equ
     assert ablation.stored_speeds(own, jobs, "time") == {"m-4-preset": 12.0, "m-1": 11.0, "fm": 17.0}
     with pytest.raises(SystemExit, match="no speed for fm, m-1, m-4-preset"):
         ablation.stored_speeds(study, jobs, "time")
+
+
+def test_a_variant_subset_keeps_the_presets_and_the_network_set_fits_the_dataset():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ablation
+    import pytest
+
+    _, network = ablation.variant_sets("fashion-mnist")["network"]
+    chosen = ablation.chosen_variants(network, ["imm-unet", "fm-unet"])
+    assert list(chosen) == ["IMM DiT patch 4 (preset)", "FM DiT patch 4 (preset)", "IMM UNet", "FM UNet"]
+    assert "channel_mult: [1, 2, 2]" in chosen["IMM UNet"][1]  # three levels for padded 32x32 images
+    assert "channel_mult: [1, 2]" in ablation.variant_sets("digits")["network"][1]["IMM UNet"][1]
+    assert ablation.variant_sets("digits")["network"][1]["FM DiT patch 4 (preset)"] == [
+        *ablation.FM, "optimizer.lr=2e-3"]  # digits' tuned baseline; Fashion-MNIST has none
+    assert chosen["FM DiT patch 4 (preset)"] == ablation.FM
+    assert ablation.chosen_variants(network, None) == network
+    with pytest.raises(SystemExit, match="no variant imm-resnet"):
+        ablation.chosen_variants(network, ["imm-resnet"])
