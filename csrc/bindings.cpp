@@ -102,10 +102,11 @@ const double* in_f64(std::uintptr_t p) { return reinterpret_cast<const double*>(
 using ColumnSpec = std::tuple<std::uintptr_t, int64_t, std::uintptr_t, int64_t, int64_t, int64_t>;
 
 void pair_task(const Target& on, int mode, int dtype, int kind, int64_t groups, int64_t dim, std::uintptr_t rows,
-               int64_t n_rows, std::vector<ColumnSpec> sets, std::uintptr_t bandwidth, int num_bandwidths,
-               double distance_scale, double eps, std::uintptr_t out) {
+               int64_t n_rows, std::uintptr_t tail_rows, int64_t n_tail_rows, std::vector<ColumnSpec> sets,
+               std::uintptr_t bandwidth, int num_bandwidths, double distance_scale, double eps, std::uintptr_t out) {
   on.require(!sets.empty() && sets.size() <= 2, "one or two column sets");
   on.require(mode >= 0 && mode <= 2 && kind >= 0 && kind <= 3, "enum code out of range");
+  on.require(n_tail_rows >= 0 && (n_tail_rows == 0 || mode == 0), "tail rows are for row sums only");
   imm::PairTask task;
   task.mode = static_cast<imm::PairMode>(mode);
   task.dtype = on.dtype(dtype);
@@ -114,6 +115,8 @@ void pair_task(const Target& on, int mode, int dtype, int kind, int64_t groups, 
   task.dim = dim;
   task.rows = in_ptr(rows);
   task.n_rows = n_rows;
+  task.tail_rows = in_ptr(tail_rows);
+  task.n_tail_rows = n_tail_rows;
   task.num_sets = static_cast<int>(sets.size());
   for (size_t s = 0; s < sets.size(); ++s) {
     auto& set = task.sets[s];
@@ -129,7 +132,7 @@ void pair_task(const Target& on, int mode, int dtype, int kind, int64_t groups, 
   task.distance_scale = distance_scale;
   task.eps = eps;
   task.out = out_ptr(out);
-  if (groups == 0 || n_rows == 0) return;
+  if (groups == 0 || task.out_rows() == 0) return;
   on.run(imm::cpu::run_pair_task, IMM_CUDA_KERNEL(imm::cuda::run_pair_task), std::cref(task));
 }
 

@@ -49,7 +49,7 @@ def test_mmd_narrow_layout(kernel, g, n, m, d):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("g,n,m,d", [(5, 4, 4, 300), (2, 3, 5, 257), (1, 1, 1, 65), (2, 20, 7, 80)])
+@pytest.mark.parametrize("g,n,m,d", [(5, 4, 4, 300), (2, 3, 5, 257), (1, 1, 1, 65), (2, 20, 7, 80), (2, 70, 45, 96)])
 def test_mmd_wide_layout_imm_style(kernel, g, n, m, d):
     x, y = random_sets(g, n, m, d, seed=d)
     bandwidth = torch.rand(g, dtype=torch.float64) * 50 + 1  # IMM: one bandwidth per group

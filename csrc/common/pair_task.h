@@ -1,12 +1,15 @@
 // The unit of work every pairwise kernel (CPU or CUDA) performs: rows of a set A against up to two
 // column sets B, per group g of G independent problems.
 //
-//   RowSums:  out[g, i, s] = sum_j k(a_i, b^s_j)                         (acc type, (G, n_rows, S))
+//   RowSums:  out[g, i, s] = sum_j k(a_i, b^s_j)                         (acc type, (G, n_rows [+ n_tail_rows], S))
 //   Matrix:   out[g, i, j] = k(a_i, b^0_j)                               (acc type, (G, n_rows, n_0))
 //   Gradient: out[g, i, :] = sum_s sum_j w^s[g, i, j] phi(a_i, b^s_j) (a_i - b^s_j)
 //                                                                        (input type, (G, n_rows, D))
-// With these three, the MMD forward is RowSums of x against (x, y) plus y against (y), its backward
-// is Gradient with per-group weights, and the kernel matrix and its backward follow the same way.
+// RowSums may take tail rows t (G, n_tail_rows, D) after the rows, evaluated against the last set
+// alone: out[g, n_rows + i, last] = sum_j k(t_i, b^last_j), its other slots zero. The MMD forward
+// is then one task, x's rows against (x, y) and y's as tail rows against y, so that each group's y
+// is read from memory once; its backward is Gradient with per-group weights, and the kernel matrix
+// and its backward follow the same way.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +38,8 @@ struct PairTask {
   int64_t dim = 0;
   const void* rows = nullptr;  // (G, n_rows, D) contiguous, input dtype
   int64_t n_rows = 0;
+  const void* tail_rows = nullptr;  // RowSums only: (G, n_tail_rows, D) contiguous, input dtype
+  int64_t n_tail_rows = 0;
   ColumnSet sets[2];
   int num_sets = 1;
   const void* bandwidth = nullptr;  // (G, K) acc dtype, positive (ignored by the energy kernel)
@@ -42,6 +47,8 @@ struct PairTask {
   double distance_scale = 1.0;
   double eps = 1e-8;
   void* out = nullptr;
+
+  int64_t out_rows() const { return n_rows + n_tail_rows; }
 };
 
 }  // namespace imm

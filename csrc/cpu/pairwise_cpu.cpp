@@ -57,8 +57,10 @@ class PairRunner {
 
   void run() {
     stage_columns();
-    const int64_t rows_per_item = narrow_ ? 64 : (task_.n_rows <= 64 ? task_.n_rows : 16);
-    const int64_t blocks_per_group = (task_.n_rows + rows_per_item - 1) / rows_per_item;
+    const int64_t longest = std::max<int64_t>(task_.n_rows, task_.n_tail_rows);
+    const int64_t rows_per_item = narrow_ ? 64 : (longest <= 64 ? longest : 16);
+    const int64_t main_blocks = (task_.n_rows + rows_per_item - 1) / rows_per_item;
+    const int64_t blocks_per_group = main_blocks + (task_.n_tail_rows + rows_per_item - 1) / rows_per_item;
     const int64_t items = task_.groups * blocks_per_group;
     const int team = team_size(threads_, items);
     // The wide layout's per-thread scratch: R staged rows (16-bit inputs), then R rows of squared
@@ -66,11 +68,15 @@ class PairRunner {
     thread_local TeamScratch<T> scratch;
     const int64_t wide_scratch = size_sum(wide_rows_size(), size_product(R, wide_columns()));
     const Slices<T> slices = narrow_ ? Slices<T>{nullptr, 0} : scratch.reserve(team, wide_scratch);
+    // A group's blocks are consecutive items, so its tail rows follow its rows on the same thread
+    // while the group's columns are still in cache.
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t g = item / blocks_per_group;
-      const int64_t i0 = (item % blocks_per_group) * rows_per_item;
-      const int64_t i1 = std::min<int64_t>(task_.n_rows, i0 + rows_per_item);
+      const int64_t g = item / blocks_per_group, block = item % blocks_per_group;
+      const bool tail = block >= main_blocks;
+      const int64_t first = tail ? task_.n_rows : 0, end = tail ? task_.out_rows() : task_.n_rows;
+      const int64_t i0 = first + (tail ? block - main_blocks : block) * rows_per_item;
+      const int64_t i1 = std::min<int64_t>(end, i0 + rows_per_item);
       if (narrow_) {
         narrow_rows(g, i0, i1);
       } else {
@@ -83,6 +89,24 @@ class PairRunner {
   KernelParams<T> params(int64_t g) const {
     return KernelParams<T>{inverse_bandwidth_.data() + g * task_.num_bandwidths, task_.num_bandwidths,
                            distance_scale_.data()[g], static_cast<T>(task_.eps)};
+  }
+
+  // Where row i of group g (i counting the tail rows after the rows) is read, and the first set it is
+  // evaluated against: the tail rows meet the last set only.
+  struct RowSource {
+    const In* data;
+    int first_set;
+  };
+  RowSource row_source(int64_t g, int64_t i) const {
+    if (i < task_.n_rows) return {static_cast<const In*>(task_.rows) + (g * task_.n_rows + i) * task_.dim, 0};
+    const int64_t t = i - task_.n_rows;
+    return {static_cast<const In*>(task_.tail_rows) + (g * task_.n_tail_rows + t) * task_.dim, task_.num_sets - 1};
+  }
+
+  // RowSums of row i: the sums against the sets from first_set on, zero before it.
+  void store_row_sums(int64_t g, int64_t i, int first_set, const T* totals) const {
+    T* out = static_cast<T*>(task_.out) + (g * task_.out_rows() + i) * task_.num_sets;
+    for (int s = 0; s < task_.num_sets; ++s) out[s] = s < first_set ? T(0) : totals[s];
   }
 
   T weight(int s, int64_t g, int64_t i, int64_t j) const {
@@ -133,14 +157,15 @@ class PairRunner {
     const int64_t D_vec = D - D % L;
     const int64_t columns = wide_columns();
 
+    const int first_set = row_source(g, i0).first_set;
     const T* a[R];
     T* row_buffer = scratch;
     for (int r = 0; r < R; ++r) {
-      const int64_t offset = (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+      const In* src = row_source(g, i0 + (r < rows ? r : 0)).data;
       if constexpr (std::is_same_v<In, T>) {
-        a[r] = static_cast<const T*>(task_.rows) + offset;
+        a[r] = src;
       } else {
-        for (int64_t d = 0; d < D; ++d) row_buffer[r * D + d] = load(static_cast<const In*>(task_.rows), offset + d);
+        for (int64_t d = 0; d < D; ++d) row_buffer[r * D + d] = load(src, d);
         a[r] = row_buffer + r * D;
       }
     }
@@ -148,7 +173,7 @@ class PairRunner {
 
     // Pass 1: s2[r * columns + c], c running over the sets' columns in order.
     T* s2 = scratch + wide_rows_size();
-    for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
+    for (int64_t s = first_set, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
       const int64_t n = task_.sets[s].n;
       for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
         const int cols = static_cast<int>(std::min<int64_t>(kWideCols, n - j0));
@@ -184,17 +209,16 @@ class PairRunner {
     if (task_.mode != PairMode::Gradient) {
       for (int r = 0; r < rows; ++r) {
         const int64_t i = i0 + r;
-        for (int64_t s = 0, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
+        T totals[2] = {T(0), T(0)};
+        for (int64_t s = first_set, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
           const int64_t n = task_.sets[s].n;
-          T total = T(0);
           for (int64_t j = 0; j < n; ++j) {
             const T v = pair_value<K_, T>(s2[r * columns + c0 + j], p);
             if (task_.mode == PairMode::Matrix) static_cast<T*>(task_.out)[(g * task_.n_rows + i) * n + j] = v;
-            total += v;
+            totals[s] += v;
           }
-          if (task_.mode == PairMode::RowSums)
-            static_cast<T*>(task_.out)[(g * task_.n_rows + i) * task_.num_sets + s] = total;
         }
+        if (task_.mode == PairMode::RowSums) store_row_sums(g, i, first_set, totals);
       }
       return;
     }
@@ -258,9 +282,10 @@ class PairRunner {
     constexpr int L = SV::lanes;
     constexpr int kMaxDim = DIM > 0 ? DIM : kNarrowMaxDim;
     const int64_t D = DIM > 0 ? DIM : task_.dim;
+    const int first_set = row_source(g, i0).first_set;
     T a[R][kMaxDim];  // rows past `rows` repeat the first row; their results are dropped
     for (int r = 0; r < R; ++r) {
-      const In* src = static_cast<const In*>(task_.rows) + (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+      const In* src = row_source(g, i0 + (r < rows ? r : 0)).data;
       for (int64_t d = 0; d < D; ++d) a[r][d] = load(src, d);
     }
     const KernelParams<T> p = params(g);
@@ -282,7 +307,8 @@ class PairRunner {
       return;
     }
     const bool matrix = task_.mode == PairMode::Matrix;
-    for (int s = 0; s < task_.num_sets; ++s) {
+    T totals[R][2] = {};
+    for (int s = first_set; s < task_.num_sets; ++s) {
       const int64_t n = task_.sets[s].n;
       const T* base = columns_[s] + g * panels(n) * D * L;
       V total[R];
@@ -302,9 +328,10 @@ class PairRunner {
         }
       }
       if (!matrix)
-        for (int r = 0; r < rows; ++r)
-          static_cast<T*>(task_.out)[(g * task_.n_rows + i0 + r) * task_.num_sets + s] = SV::sum(total[r]);
+        for (int r = 0; r < rows; ++r) totals[r][s] = SV::sum(total[r]);
     }
+    if (!matrix)
+      for (int r = 0; r < rows; ++r) store_row_sums(g, i0 + r, first_set, totals[r]);
   }
 
   // Gradient rows: out_r = sum_j w_rj phi_rj (a_r - b_j), in chunks of kPanelChunk panels: first

@@ -41,7 +41,8 @@ template <class In>
 struct Args {
   using T = acc_t<In>;
   const In* rows;
-  int64_t groups, n_rows, dim;
+  const In* tail_rows;  // row sums only: rows after `rows`, against the last set alone
+  int64_t groups, n_rows, n_tail_rows, dim;
   int num_sets;
   const In* cols[2];
   int64_t n[2];
@@ -51,6 +52,13 @@ struct Args {
   int num_bandwidths;
   T scale, eps;
   void* out;
+};
+
+// The rows of a task in items of `per_item` rows, the tail rows' items after the rows' items.
+struct RowItems {
+  int64_t main, per_group;  // items of the rows, and of rows and tail rows, per group
+  __host__ __device__ RowItems(int64_t n_rows, int64_t n_tail_rows, int64_t per_item)
+      : main((n_rows + per_item - 1) / per_item), per_group(main + (n_tail_rows + per_item - 1) / per_item) {}
 };
 
 // Selects from the two-element arrays with a constant index, so that the kernel parameters stay in
@@ -162,20 +170,23 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
   const int pr = lane / kTileCols, pc = lane % kTileCols;  // warp 0: this lane's pair in a tile
   const int64_t D = a.dim;
   const int64_t nc = M == PairMode::Matrix ? a.n[0] : a.n[0] + a.n[1];
-  const int64_t row_tiles = (a.n_rows + kTileRows - 1) / kTileRows;
+  const RowItems tiles(a.n_rows, a.n_tail_rows, kTileRows);
   KernelParams<T> params{ih, a.num_bandwidths, a.scale, a.eps};
 
-  for (int64_t item = blockIdx.x; item < a.groups * row_tiles; item += gridDim.x) {
-    const int64_t g = item / row_tiles, i0 = (item % row_tiles) * kTileRows;
+  for (int64_t item = blockIdx.x; item < a.groups * tiles.per_group; item += gridDim.x) {
+    const int64_t g = item / tiles.per_group, tile = item % tiles.per_group;
+    const bool tail = tile >= tiles.main;  // tail rows: against the last set's columns alone
+    const In* rows = tail ? a.tail_rows : a.rows;
+    const int64_t n_rows = tail ? a.n_tail_rows : a.n_rows;
+    const int64_t i0 = (tail ? tile - tiles.main : tile) * kTileRows;
     const int64_t i = i0 + pr;
-    const bool row_ok = i < a.n_rows;
+    const bool row_ok = i < n_rows;
     __syncthreads();  // the previous item is done with shared memory
     // ih is published by the barriers in tile_distances.
     load_group_bandwidths<K>(a.bandwidth, a.num_bandwidths, g, ih, params, a.scale);
     const In* row[kTileRows];  // rows past n_rows repeat the last one; their results are dropped
 #pragma unroll
-    for (int r = 0; r < kTileRows; ++r)
-      row[r] = a.rows + (g * a.n_rows + std::min(i0 + r, a.n_rows - 1)) * D;
+    for (int r = 0; r < kTileRows; ++r) row[r] = rows + (g * n_rows + std::min(i0 + r, n_rows - 1)) * D;
     auto tile_columns = [&](int64_t c0, const In* (&col)[kTileCols]) {
 #pragma unroll
       for (int c = 0; c < kTileCols; ++c) col[c] = column(a, g, std::min(c0 + c, nc - 1));
@@ -183,7 +194,7 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
 
     if constexpr (M == PairMode::RowSums) {
       T total0 = T(0), total1 = T(0);  // warp 0, lanes with pc == 0: row pr's sums per set
-      for (int64_t c0 = 0; c0 < nc; c0 += kTileCols) {
+      for (int64_t c0 = tail ? nc - pick(a.n, a.num_sets - 1) : 0; c0 < nc; c0 += kTileCols) {
         const In* col[kTileCols];
         tile_columns(c0, col);
         const T s2 = tile_distances(row, col, D, partial);
@@ -201,7 +212,7 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
         }
       }
       if (warp == 0 && pc == 0 && row_ok) {
-        T* out = static_cast<T*>(a.out) + (g * a.n_rows + i) * a.num_sets;
+        T* out = static_cast<T*>(a.out) + (g * (a.n_rows + a.n_tail_rows) + (tail ? a.n_rows : 0) + i) * a.num_sets;
         out[0] = total0;
         if (a.num_sets > 1) out[1] = total1;
       }
@@ -333,21 +344,23 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
   const int tid = threadIdx.x, p = tid & (P - 1);
   const int rows_per_block = kNarrowThreads >> lanes_log2;
   const int D = static_cast<int>(a.dim);
-  const int64_t row_blocks = (a.n_rows + rows_per_block - 1) / rows_per_block;
+  const RowItems blocks(a.n_rows, a.n_tail_rows, rows_per_block);
   KernelParams<T> params{ih, a.num_bandwidths, a.scale, a.eps};
 
   for (int e = tid; e < kNarrowCols * kPitch; e += kNarrowThreads) tile[e] = T(0);
 
-  for (int64_t item = blockIdx.x; item < a.groups * row_blocks; item += gridDim.x) {
-    const int64_t g = item / row_blocks;
-    const int64_t i = (item % row_blocks) * rows_per_block + (tid >> lanes_log2);
-    const bool row_ok = i < a.n_rows;
-    const int64_t ic = row_ok ? i : a.n_rows - 1;  // idle lanes read a valid row, write nothing
+  for (int64_t item = blockIdx.x; item < a.groups * blocks.per_group; item += gridDim.x) {
+    const int64_t g = item / blocks.per_group, block = item % blocks.per_group;
+    const bool tail = block >= blocks.main;  // tail rows: against the last set alone
+    const int64_t n_rows = tail ? a.n_tail_rows : a.n_rows;
+    const int64_t i = (tail ? block - blocks.main : block) * rows_per_block + (tid >> lanes_log2);
+    const bool row_ok = i < n_rows;
+    const int64_t ic = row_ok ? i : n_rows - 1;  // idle lanes read a valid row, write nothing
     __syncthreads();  // the previous item is done with shared memory
     load_group_bandwidths<K>(a.bandwidth, a.num_bandwidths, g, ih, params, a.scale);  // published by tile barriers
 
     T av[MAXD];
-    const In* src = a.rows + (g * a.n_rows + ic) * D;
+    const In* src = (tail ? a.tail_rows : a.rows) + (g * n_rows + ic) * D;
 #pragma unroll
     for (int d = 0; d < MAXD; ++d) av[d] = T(0);
 #pragma unroll
@@ -358,7 +371,11 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
     for (int d = 0; d < (M == PairMode::Gradient ? MAXD : 1); ++d) grad[d] = T(0);
 
     const int sets = M == PairMode::Matrix ? 1 : a.num_sets;
-    for (int s = 0; s < sets; ++s) {
+    const int first_set = tail ? a.num_sets - 1 : 0;
+    T* row_sums = static_cast<T*>(a.out) + (g * (a.n_rows + a.n_tail_rows) + (tail ? a.n_rows : 0) + ic) * a.num_sets;
+    if (M == PairMode::RowSums && row_ok && p == 0)
+      for (int s = 0; s < first_set; ++s) row_sums[s] = T(0);
+    for (int s = first_set; s < sets; ++s) {
       const int64_t n = pick(a.n, s);
       const In* cols = pick(a.cols, s) + g * n * D;
       T total = T(0);
@@ -411,7 +428,7 @@ __global__ void __launch_bounds__(kNarrowThreads) narrow_kernel(const Args<In> a
       }
       if constexpr (M == PairMode::RowSums) {
         for (int off = 1; off < P; off <<= 1) total += __shfl_xor_sync(kFullMask, total, off);
-        if (row_ok && p == 0) static_cast<T*>(a.out)[(g * a.n_rows + i) * a.num_sets + s] = total;
+        if (row_ok && p == 0) row_sums[s] = total;
       }
     }
 
@@ -441,6 +458,8 @@ Args<In> make_args(const PairTask& task) {
   a.rows = static_cast<const In*>(task.rows);
   a.groups = task.groups;
   a.n_rows = task.n_rows;
+  a.tail_rows = static_cast<const In*>(task.tail_rows);
+  a.n_tail_rows = task.n_tail_rows;
   a.dim = task.dim;
   a.num_sets = task.num_sets;
   for (int s = 0; s < task.num_sets; ++s) {
@@ -477,7 +496,7 @@ void launch(const PairTask& task, cudaStream_t stream) {
             (a.n_rows << lg) < kNarrowThreads))
       ++lg;
     const int64_t rows_per_block = kNarrowThreads >> lg;
-    const unsigned grid = grid_for(a.groups * ((a.n_rows + rows_per_block - 1) / rows_per_block));
+    const unsigned grid = grid_for(a.groups * RowItems(a.n_rows, a.n_tail_rows, rows_per_block).per_group);
     if (a.dim <= 4) {
       launch_kernel("narrow", narrow_kernel<In, K, M, 4>, grid, kNarrowThreads, 0, stream, a, lg);
     } else if (a.dim <= 8) {
@@ -492,7 +511,7 @@ void launch(const PairTask& task, cudaStream_t stream) {
       }
     }
   } else {
-    const unsigned grid = grid_for(a.groups * ((a.n_rows + kTileRows - 1) / kTileRows));
+    const unsigned grid = grid_for(a.groups * RowItems(a.n_rows, a.n_tail_rows, kTileRows).per_group);
     launch_kernel("wide", wide_kernel<In, K, M>, grid, kWideThreads, 0, stream, a);
   }
   check_launch("pair_task");
@@ -505,7 +524,7 @@ void run_pair_task(const PairTask& task, std::uintptr_t stream) {
     throw std::invalid_argument("run_pair_task: one or two column sets");
   if (task.num_bandwidths < 1 || task.num_bandwidths > kMaxBandwidths)
     throw std::invalid_argument("run_pair_task: the CUDA kernels take 1 to 16 bandwidths");
-  if (task.groups <= 0 || task.n_rows <= 0) return;
+  if (task.groups <= 0 || task.out_rows() <= 0) return;
   const cudaStream_t cuda_stream = as_stream(stream);
   dispatch_dtype(task.dtype, [&](auto in_tag) {
     using In = decltype(in_tag);

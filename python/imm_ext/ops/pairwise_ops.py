@@ -27,8 +27,9 @@ Tensor = torch.Tensor
 
 
 def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, distance_scale: float,
-            eps: float, out: Tensor) -> None:
-    """sets: list of (cols, weight or None); every tensor already on rows.device."""
+            eps: float, out: Tensor, tail_rows: Optional[Tensor] = None) -> None:
+    """sets: list of (cols, weight or None); tail_rows (row sums) meet the last set alone; every tensor
+    already on rows.device."""
     specs = []
     for cols, weight in sets:
         if weight is None:
@@ -37,7 +38,8 @@ def _launch(mode: int, rows: Tensor, sets, bandwidth: Tensor, kernel: str, dista
             specs.append((cols.data_ptr(), cols.shape[1], weight.data_ptr(), *weight.stride()))
     args = _core.pair_task_arguments(mode, str(rows.dtype).removeprefix("torch."), _core.KERNEL_CODES[kernel],
                                      rows.shape[0], rows.shape[2], rows.data_ptr(), rows.shape[1], specs,
-                                     bandwidth.data_ptr(), bandwidth.shape[1], distance_scale, eps, out.data_ptr())
+                                     bandwidth.data_ptr(), bandwidth.shape[1], distance_scale, eps, out.data_ptr(),
+                                     *((tail_rows.data_ptr(), tail_rows.shape[1]) if tail_rows is not None else ()))
     run_kernel(_core._C.pair_task, rows.device, *args)
 
 
@@ -56,11 +58,10 @@ def mmd_block_sums(x: Tensor, y: Tensor, bandwidth: Tensor, kernel: str, distanc
                   for a, b in ((x, x), (y, y), (x, y))]
         return torch.stack([k.sum((1, 2)) for k in blocks], 1)
     g, n, m = x.shape[0], x.shape[1], y.shape[1]
-    x_rows = torch.empty(g, n, 2, dtype=acc, device=x.device)
-    y_rows = torch.empty(g, m, 1, dtype=acc, device=x.device)
-    _launch(_core.MODE_ROW_SUMS, x, [(x, None), (y, None)], bandwidth, kernel, distance_scale, eps, x_rows)
-    _launch(_core.MODE_ROW_SUMS, y, [(y, None)], bandwidth, kernel, distance_scale, eps, y_rows)
-    return torch.stack([x_rows[..., 0].sum(1), y_rows[..., 0].sum(1), x_rows[..., 1].sum(1)], 1)
+    # One task: x's rows against x and y, then y's (the tail rows) against y, a group at a time.
+    row_sums = torch.empty(g, n + m, 2, dtype=acc, device=x.device)
+    _launch(_core.MODE_ROW_SUMS, x, [(x, None), (y, None)], bandwidth, kernel, distance_scale, eps, row_sums, y)
+    return torch.stack([row_sums[:, :n, 0].sum(1), row_sums[:, n:, 1].sum(1), row_sums[:, :n, 1].sum(1)], 1)
 
 
 @mmd_block_sums.register_fake
