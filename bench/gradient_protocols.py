@@ -45,8 +45,9 @@ def protocol_calls(loss: Callable, leaves: Sequence[torch.Tensor], protocol: str
 
 def time_protocols(losses: Dict[str, Callable], make_leaves: Callable[[], Sequence[torch.Tensor]], device: str,
                    max_rounds: int, budget_s: float, scratch_bytes: int) -> Dict[str, Dict[str, dict]]:
-    """{protocol: {method: {median_ms, worst_ms, count, faults_per_call}}}, every pair in the same rounds,
-    after one untimed round (warm-up; it also leaves the accumulated protocol a .grad to add into)."""
+    """{protocol: {method: {median_ms, worst_ms, count, faults_per_call, calls_ms, faults}}} (calls_ms and
+    faults: every timed call's time and page faults, in order), every pair in the same rounds, after one
+    untimed round (warm-up; it also leaves the accumulated protocol a .grad to add into)."""
     calls, faults = {}, {}
     for protocol in PROTOCOLS:
         for method, loss in losses.items():
@@ -57,7 +58,9 @@ def time_protocols(losses: Dict[str, Callable], make_leaves: Callable[[], Sequen
     return {protocol: {method: dict(median_ms=times[protocol, method].median_ms,
                                     worst_ms=times[protocol, method].worst_ms,
                                     count=times[protocol, method].count,
-                                    faults_per_call=statistics.median(faults[protocol, method][1:]))
+                                    faults_per_call=statistics.median(faults[protocol, method][1:]),
+                                    calls_ms=[round(t, 3) for t in times[protocol, method].calls_ms],
+                                    faults=faults[protocol, method][1:])
                        for method in losses} for protocol in PROTOCOLS}
 
 

@@ -28,6 +28,7 @@ class RoundTimes:
     median_ms: float
     worst_ms: float
     count: int
+    calls_ms: tuple = ()  # every timed call, in order
 
 
 def synchronize(device) -> None:
@@ -60,7 +61,8 @@ def time_in_rounds(calls: Dict[Hashable, Tuple[Call, Call]], device, max_rounds:
             times[key].append(timed(call, device))
         if time.perf_counter() > deadline:
             break
-    return {key: RoundTimes(1e3 * statistics.median(t), 1e3 * max(t), len(t)) for key, t in times.items()}
+    return {key: RoundTimes(1e3 * statistics.median(t), 1e3 * max(t), len(t), tuple(1e3 * v for v in t))
+            for key, t in times.items()}
 
 
 def load_average() -> Optional[list]:

@@ -23,6 +23,7 @@ def test_median_and_worst_come_from_the_timed_calls(monkeypatch):
     monkeypatch.setattr(harness, "timed", lambda call, device: next(durations))
     times = harness.time_in_rounds({"only": (lambda: None, lambda: None)}, "cpu", 3, float("inf"))["only"]
     assert (times.median_ms, times.worst_ms, times.count) == (2.0, 5.0, 3)
+    assert times.calls_ms == (1.0, 5.0, 2.0)  # every call, in order
 
 
 def test_a_spent_budget_stops_after_the_round_it_is_in():
@@ -69,5 +70,6 @@ def test_gradient_protocols_time_every_pair_and_count_faults():
     for methods in results.values():
         assert set(methods) == {"a", "b"}
         assert all(m["count"] == 3 and m["faults_per_call"] >= 0 for m in methods.values())
+        assert all(len(m["calls_ms"]) == len(m["faults"]) == 3 for m in methods.values())
     table = gradient_protocols.format_protocols("t", results, "a", "b", limit_ms=1.0)
     assert table.count("\n| ") == 1 + len(gradient_protocols.PROTOCOLS)
