@@ -102,11 +102,13 @@ const double* in_f64(std::uintptr_t p) { return reinterpret_cast<const double*>(
 using ColumnSpec = std::tuple<std::uintptr_t, int64_t, std::uintptr_t, int64_t, int64_t, int64_t>;
 
 void pair_task(const Target& on, int mode, int dtype, int kind, int64_t groups, int64_t dim, std::uintptr_t rows,
-               int64_t n_rows, std::uintptr_t tail_rows, int64_t n_tail_rows, std::vector<ColumnSpec> sets,
+               int64_t n_rows, std::uintptr_t tail_rows, int64_t n_tail_rows, std::uintptr_t distances,
+               std::vector<ColumnSpec> sets,
                std::uintptr_t bandwidth, int num_bandwidths, double distance_scale, double eps, std::uintptr_t out) {
   on.require(!sets.empty() && sets.size() <= 2, "one or two column sets");
   on.require(mode >= 0 && mode <= 2 && kind >= 0 && kind <= 3, "enum code out of range");
   on.require(n_tail_rows >= 0 && (n_tail_rows == 0 || mode == 0), "tail rows are for row sums only");
+  on.require(distances == 0 || mode != 1, "kept distances are for row sums and gradients");
   imm::PairTask task;
   task.mode = static_cast<imm::PairMode>(mode);
   task.dtype = on.dtype(dtype);
@@ -132,6 +134,7 @@ void pair_task(const Target& on, int mode, int dtype, int kind, int64_t groups, 
   task.distance_scale = distance_scale;
   task.eps = eps;
   task.out = out_ptr(out);
+  task.distances = out_ptr(distances);
   if (groups == 0 || task.out_rows() == 0) return;
   on.run(imm::cpu::run_pair_task, IMM_CUDA_KERNEL(imm::cuda::run_pair_task), std::cref(task));
 }

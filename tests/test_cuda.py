@@ -364,3 +364,20 @@ def test_interpolant_cuda_opcheck(gpu):
     with gpu.active():
         torch.library.opcheck(interpolant_ops.interpolant_pair_op, (x.requires_grad_(), noise, coef, 2))
         torch.library.opcheck(interpolant_ops.sampler_step_op, (x.detach(), noise, noise, c_skip, c_out, 1.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_cuda_backward_reads_the_distances_the_forward_kept(gpu, dtype):
+    from imm_ext.ops import pairwise_ops
+
+    x, y = (gpu.put(t) for t in random_sets(3, 4, 5, 300, dtype=dtype))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    h = gpu.put(torch.rand(3, 1, dtype=acc) + 0.5)
+    w0, w1 = gpu.put(torch.randn(3, 4, 4, dtype=acc)), gpu.put(torch.randn(3, 4, 5, dtype=acc))
+    with gpu.active():
+        _, kept = pairwise_ops.mmd_block_sums(x, y, h, "laplace", 1 / 300, 1e-8)
+        with_kept = pairwise_ops.pair_gradient(x, x, w0, y, w1, h, "laplace", 1 / 300, 1e-8, distances=kept)
+        recomputed = pairwise_ops.pair_gradient(x, x, w0, y, w1, h, "laplace", 1 / 300, 1e-8)
+    points = torch.cat([x, y], 1).to(acc).cpu()
+    torch.testing.assert_close(kept.cpu(), torch.cdist(x.to(acc).cpu(), points).square(), rtol=1e-4, atol=1e-3)
+    assert torch.equal(with_kept, recomputed)  # the distances of the same sweep

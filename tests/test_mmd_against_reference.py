@@ -144,3 +144,22 @@ def test_mmd_terms_combine_into_the_biased_mmd():
     k_xy = pairwise_kernel_reference(x, y, kernel="laplace", bandwidth=2.0)
     torch.testing.assert_close(terms[:, 2], k_xy.mean((1, 2)))
     assert imm_ext.mmd_terms(x[0], y[0]).shape == (3,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_backward_reads_the_distances_the_forward_kept(dtype):
+    from imm_ext.ops import pairwise_ops
+
+    x, y = random_sets(3, 4, 5, 300, seed=3, dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    h = torch.rand(3, 1, dtype=acc) + 0.5
+    w0, w1 = torch.randn(3, 4, 4, dtype=acc), torch.randn(3, 4, 5, dtype=acc)
+    _, kept = pairwise_ops.mmd_block_sums(x, y, h, "laplace", 1 / 300, 1e-8)
+    torch.testing.assert_close(kept, torch.cdist(x.to(acc), torch.cat([x, y], 1).to(acc)).square(),
+                               rtol=1e-4, atol=1e-3)
+    with_kept = pairwise_ops.pair_gradient(x, x, w0, y, w1, h, "laplace", 1 / 300, 1e-8, distances=kept)
+    assert torch.equal(with_kept, pairwise_ops.pair_gradient(x, x, w0, y, w1, h, "laplace", 1 / 300, 1e-8))
+    # Where they would be large (many points) or the layout narrow (D <= 64), none are kept.
+    assert pairwise_ops.mmd_block_sums(x[..., :64], y[..., :64], h, "laplace", 1.0, 1e-8)[1].numel() == 0
+    many = random_sets(1, 40, 40, 300, seed=4, dtype=dtype)
+    assert pairwise_ops.mmd_block_sums(*many, h[:1], "laplace", 1.0, 1e-8)[1].numel() == 0

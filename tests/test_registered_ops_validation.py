@@ -13,6 +13,7 @@ from conftest import random_sets
 
 ops = torch.ops.imm_ext
 X, Y = random_sets(2, 4, 5, 3, dtype=torch.float32)
+XW = torch.randn(2, 4, 100)  # D > 64: the wide layout, where distances may be kept
 H = torch.ones(2, 1)
 Q, K = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
 A, V = torch.randn(2, 3, 4), torch.randn(2, 4)
@@ -55,6 +56,12 @@ BAD_DIRECT_CALLS = [
      "weight1 must have shape"),
     (ops.pair_gradient, (X, Y[:, :, :2], torch.ones(2, 4, 5), None, None, H, "laplace", 1.0, 1e-8), ValueError,
      "rows and cols0 must have the same dimension D"),
+    (ops.pair_gradient, (XW, XW, torch.ones(2, 4, 4), None, None, H, "laplace", 1.0, 1e-8, torch.ones(2, 4, 5)),
+     ValueError, "distances must have shape \\(G, R, C0 \\+ C1\\)"),
+    (ops.pair_gradient, (XW, XW, torch.ones(2, 4, 4), None, None, H, "laplace", 1.0, 1e-8,
+                         torch.ones(2, 4, 4).double()), TypeError, "distances must be float32"),
+    (ops.pair_gradient, (X, X, torch.ones(2, 4, 4), None, None, H, "laplace", 1.0, 1e-8, torch.ones(2, 4, 4)),
+     ValueError, "distances are kept only for D > 64"),
     # imm_ext::attention_*
     (ops.attention_forward, (Q, K[:, :, :, :3], K, 0.5), ValueError, "k must have shape"),
     (ops.attention_forward, (Q, K, K[:, :, :4], 0.5), ValueError, "v must have the shape of k"),

@@ -10,6 +10,10 @@
 // is then one task, x's rows against (x, y) and y's as tail rows against y, so that each group's y
 // is read from memory once; its backward is Gradient with per-group weights, and the kernel matrix
 // and its backward follow the same way.
+//
+// Kept distances (the wide layout only): RowSums writes the squared distances of its rows (not the
+// tail rows) to every column of the sets, distances[g, i, c] (acc type, (G, n_rows, n_0 + n_1)),
+// and a Gradient over the same rows and sets reads them instead of sweeping D to recompute them.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +51,7 @@ struct PairTask {
   double distance_scale = 1.0;
   double eps = 1e-8;
   void* out = nullptr;
+  void* distances = nullptr;  // kept squared distances (see above), or none
 
   int64_t out_rows() const { return n_rows + n_tail_rows; }
 };

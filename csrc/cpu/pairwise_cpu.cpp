@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <type_traits>
 
 #include "../common/pair_task.h"
@@ -44,6 +45,8 @@ class PairRunner {
   PairRunner(const PairTask& task, int threads) : task_(task), threads_(threads > 1 ? threads : 1) {
     const int64_t min_cols = std::min<int64_t>(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
     narrow_ = task.dim <= kNarrowMaxDim && min_cols >= 16;
+    if (narrow_ && task.distances != nullptr)
+      throw std::invalid_argument("pair_task: kept distances need the wide layout (D > 64)");
     const int num = task.num_bandwidths;
     T* inverse = inverse_bandwidth_.reserve(task.groups * num);
     T* scale = distance_scale_.reserve(task.groups);
@@ -171,38 +174,51 @@ class PairRunner {
     }
     auto column = [&](int s, int64_t j) { return columns_[s] + (g * task_.sets[s].n + j) * D; };
 
-    // Pass 1: s2[r * columns + c], c running over the sets' columns in order.
+    // Pass 1: s2[r * columns + c], c running over the sets' columns in order (a gradient
+    // whose row sums kept them reads them instead). Where a set is the rows themselves (x against
+    // x), the tile of the block's own rows takes its pairs above the diagonal only.
+    const bool tail = i0 >= task_.n_rows;
+    const void* row_set = tail ? task_.tail_rows : task_.rows;
+    const int64_t own_j0 = tail ? i0 - task_.n_rows : i0;
     T* s2 = scratch + wide_rows_size();
-    for (int64_t s = first_set, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
-      const int64_t n = task_.sets[s].n;
-      for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
-        const int cols = static_cast<int>(std::min<int64_t>(kWideCols, n - j0));
-        const T* b[kWideCols];
-        for (int c = 0; c < kWideCols; ++c) b[c] = column(s, j0 + (c < cols ? c : 0));
-        V acc[R][kWideCols];
-        for (int r = 0; r < R; ++r)
-          for (int c = 0; c < kWideCols; ++c) acc[r][c] = SV::zero();
-        for (int64_t d = 0; d < D_vec; d += L) {
-          V bv[kWideCols];
-          for (int c = 0; c < kWideCols; ++c) bv[c] = SV::load(b[c] + d);
-          for (int r = 0; r < R; ++r) {
-            const V av = SV::load(a[r] + d);
-            for (int c = 0; c < kWideCols; ++c) {
-              const V diff = av - bv[c];
-              acc[r][c] += diff * diff;
+    if (!read_kept_distances(g, i0, rows, s2)) {
+      for (int64_t s = first_set, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
+        const int64_t n = task_.sets[s].n;
+        const bool rows_set = task_.sets[s].data == row_set;
+        for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
+          const int cols = static_cast<int>(std::min<int64_t>(kWideCols, n - j0));
+          if (rows_set && j0 == own_j0 && rows == R && cols == R) {
+            own_tile(a, s2 + c0 + j0, columns);
+            continue;
+          }
+          const T* b[kWideCols];
+          for (int c = 0; c < kWideCols; ++c) b[c] = column(s, j0 + (c < cols ? c : 0));
+          V acc[R][kWideCols];
+          for (int r = 0; r < R; ++r)
+            for (int c = 0; c < kWideCols; ++c) acc[r][c] = SV::zero();
+          for (int64_t d = 0; d < D_vec; d += L) {
+            V bv[kWideCols];
+            for (int c = 0; c < kWideCols; ++c) bv[c] = SV::load(b[c] + d);
+            for (int r = 0; r < R; ++r) {
+              const V av = SV::load(a[r] + d);
+              for (int c = 0; c < kWideCols; ++c) {
+                const V diff = av - bv[c];
+                acc[r][c] += diff * diff;
+              }
             }
           }
+          for (int r = 0; r < R; ++r)
+            for (int c = 0; c < cols; ++c) {
+              T total = SV::sum(acc[r][c]);
+              for (int64_t d = D_vec; d < D; ++d) {
+                const T diff = a[r][d] - b[c][d];
+                total += diff * diff;
+              }
+              s2[r * columns + c0 + j0 + c] = total;
+            }
         }
-        for (int r = 0; r < R; ++r)
-          for (int c = 0; c < cols; ++c) {
-            T total = SV::sum(acc[r][c]);
-            for (int64_t d = D_vec; d < D; ++d) {
-              const T diff = a[r][d] - b[c][d];
-              total += diff * diff;
-            }
-            s2[r * columns + c0 + j0 + c] = total;
-          }
       }
+      keep_distances(g, i0, rows, s2);
     }
 
     const KernelParams<T> p = params(g);
@@ -258,6 +274,63 @@ class PairRunner {
     };
     for (int64_t d = 0; d < D_vec; d += L) sweep(d, SV::zero());
     for (int64_t d = D_vec; d < D; ++d) sweep(d, T(0));
+  }
+
+  // The squared distances among a block's own R rows (a tile of the rows' own set): the pairs above
+  // the diagonal in one sweep over D, mirrored, and zero on it. The same sums in the same order as
+  // the full tile's ((a - b)^2 = (b - a)^2 exactly), for under half of its work.
+  void own_tile(const T* const (&a)[R], T* s2, int64_t columns) const {
+    static_assert(kWideCols == R, "the block's own tile is square");
+    using SV = Simd<T>;
+    using V = typename SV::V;
+    constexpr int64_t L = SV::lanes;
+    constexpr int kPairs = R * (R - 1) / 2;
+    const int64_t D = task_.dim;
+    const int64_t D_vec = D - D % L;
+    V acc[kPairs];
+    for (int k = 0; k < kPairs; ++k) acc[k] = SV::zero();
+    for (int64_t d = 0; d < D_vec; d += L) {
+      V av[R];
+      for (int r = 0; r < R; ++r) av[r] = SV::load(a[r] + d);
+      for (int r = 0, k = 0; r < R; ++r)
+        for (int c = r + 1; c < R; ++c, ++k) {
+          const V diff = av[r] - av[c];
+          acc[k] += diff * diff;
+        }
+    }
+    for (int r = 0, k = 0; r < R; ++r) {
+      s2[r * columns + r] = T(0);
+      for (int c = r + 1; c < R; ++c, ++k) {
+        T total = SV::sum(acc[k]);
+        for (int64_t d = D_vec; d < D; ++d) {
+          const T diff = a[r][d] - a[c][d];
+          total += diff * diff;
+        }
+        s2[r * columns + c] = s2[c * columns + r] = total;
+      }
+    }
+  }
+
+  // Kept distances (common/pair_task.h), rows i0 .. i0 + rows of group g, R rows of s2: a gradient
+  // reads them (rows past `rows` repeat the first, their phi is zeroed), the row sums of the rows
+  // (not the tail rows) write them.
+  bool read_kept_distances(int64_t g, int64_t i0, int rows, T* s2) const {
+    if (task_.distances == nullptr || task_.mode != PairMode::Gradient) return false;
+    const int64_t columns = wide_columns();
+    for (int r = 0; r < R; ++r) {
+      const T* kept = static_cast<const T*>(task_.distances) + (g * task_.n_rows + i0 + (r < rows ? r : 0)) * columns;
+      for (int64_t c = 0; c < columns; ++c) s2[r * columns + c] = kept[c];
+    }
+    return true;
+  }
+
+  void keep_distances(int64_t g, int64_t i0, int rows, const T* s2) const {
+    if (task_.distances == nullptr || task_.mode != PairMode::RowSums || i0 >= task_.n_rows) return;
+    const int64_t columns = wide_columns();
+    for (int r = 0; r < rows; ++r) {
+      T* kept = static_cast<T*>(task_.distances) + (g * task_.n_rows + i0 + r) * columns;
+      for (int64_t c = 0; c < columns; ++c) kept[c] = s2[r * columns + c];
+    }
   }
 
   void wide_rows(int64_t g, int64_t i0, int64_t i1, T* scratch) {

@@ -52,6 +52,7 @@ struct Args {
   int num_bandwidths;
   T scale, eps;
   void* out;
+  T* distances;  // kept squared distances (common/pair_task.h), or null
 };
 
 // The rows of a task in items of `per_item` rows, the tail rows' items after the rows' items.
@@ -200,6 +201,7 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
         const T s2 = tile_distances(row, col, D, partial);
         if (warp == 0) {
           const int64_t c = c0 + pc;
+          if (a.distances != nullptr && !tail && row_ok && c < nc) a.distances[(g * a.n_rows + i) * nc + c] = s2;
           const T v = c < nc ? pair_value<K, T>(s2, params) : T(0);
           T v0 = c < a.n[0] ? v : T(0), v1 = c < a.n[0] ? T(0) : v;
 #pragma unroll
@@ -240,11 +242,17 @@ __global__ void __launch_bounds__(kWideThreads) wide_kernel(const Args<In> a) {
           const int chunk_cols = static_cast<int>(std::min<int64_t>(kChunk, nc - cc0));
           if (chunks > 1 || d0 == 0) {
             for (int t0 = 0; t0 < chunk_cols; t0 += kTileCols) {
-              const In* col[kTileCols];
-              tile_columns(cc0 + t0, col);
-              const T s2 = tile_distances(row, col, D, partial);  // its barrier orders phi's reuse
+              const int64_t c = cc0 + t0 + pc;
+              T s2;
+              if (a.distances != nullptr) {  // kept by the row sums: no sweep over D
+                __syncthreads();  // as in tile_distances: the previous chunk's phi has been read
+                s2 = warp == 0 && row_ok && c < nc ? a.distances[(g * a.n_rows + i) * nc + c] : T(0);
+              } else {
+                const In* col[kTileCols];
+                tile_columns(cc0 + t0, col);
+                s2 = tile_distances(row, col, D, partial);  // its barrier orders phi's reuse
+              }
               if (warp == 0) {
-                const int64_t c = cc0 + t0 + pc;
                 T f = T(0);
                 if (row_ok && c < nc) {
                   const int s = c >= a.n[0];
@@ -476,6 +484,7 @@ Args<In> make_args(const PairTask& task) {
   a.scale = static_cast<T>(task.distance_scale);
   a.eps = static_cast<T>(task.eps);
   a.out = task.out;
+  a.distances = static_cast<T*>(task.distances);
   return a;
 }
 
@@ -488,6 +497,8 @@ void launch(const PairTask& task, cudaStream_t stream) {
       M == PairMode::Matrix || a.num_sets == 1 ? a.n[0] : std::min(a.n[0], a.n[1]);
 
   if (a.dim <= kNarrowMaxDim<T> && (n_min >= 32 || a.n_rows >= 32)) {
+    if (a.distances != nullptr)
+      throw std::invalid_argument("pair_task: kept distances need the wide layout (D > 64)");
     // Lanes per row: the matrix wants a warp's worth of consecutive columns per row (coalesced
     // stores); row sums and gradients split columns only while rows alone leave the GPU idle.
     int lg = 0;

@@ -29,11 +29,13 @@ def dtype_code(dtype) -> int:
 
 
 def pair_task_arguments(mode, dtype_name, kernel_code, groups, dim, rows_ptr, n_rows, sets, bandwidth_ptr,
-                        num_bandwidths, distance_scale, eps, out_ptr, tail_rows_ptr=0, n_tail_rows=0) -> tuple:
+                        num_bandwidths, distance_scale, eps, out_ptr, tail_rows_ptr=0, n_tail_rows=0,
+                        distances_ptr=0) -> tuple:
     """The arguments of `_C.pair_task` for one PairTask. `sets` is a list of (data_ptr, n, weight_ptr,
-    stride_g, stride_i, stride_j); tail rows (row sums only) meet the last set alone."""
+    stride_g, stride_i, stride_j); tail rows (row sums only) meet the last set alone; kept distances are
+    written by row sums and read by gradients (csrc/common/pair_task.h)."""
     return (mode, dtype_code(dtype_name), kernel_code, groups, dim, rows_ptr, n_rows, tail_rows_ptr, n_tail_rows,
-            sets, bandwidth_ptr, num_bandwidths, float(distance_scale), float(eps), out_ptr)
+            distances_ptr, sets, bandwidth_ptr, num_bandwidths, float(distance_scale), float(eps), out_ptr)
 
 
 def build_info() -> dict:

@@ -76,7 +76,7 @@ def mmd_terms(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "laplace", band
 
 def _block_means(sets, bandwidths: torch.Tensor, kernel: str, scale: float, eps: float) -> torch.Tensor:
     n, m = sets.x.shape[1], sets.y.shape[1]
-    sums = pairwise_ops.mmd_block_sums(sets.x, sets.y, bandwidths, kernel, scale, eps)
+    sums, _ = pairwise_ops.mmd_block_sums(sets.x, sets.y, bandwidths, kernel, scale, eps)
     return sums / sums.new_tensor([n * n, m * m, n * m])
 
 

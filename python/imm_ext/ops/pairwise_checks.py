@@ -121,9 +121,11 @@ def check_pair_op(x, y, bandwidth, kernel, distance_scale, eps) -> None:
     _check_op_options(x, bandwidth, kernel, distance_scale, eps)
 
 
-def check_pair_gradient_op(rows, cols0, weight0, cols1, weight1, bandwidth, kernel, distance_scale, eps) -> None:
+def check_pair_gradient_op(rows, cols0, weight0, cols1, weight1, bandwidth, kernel, distance_scale, eps,
+                           distances=None) -> None:
     """The checks of imm_ext::pair_gradient: each (cols, weight) pair a (G, C, D) set and a
-    (G, R, C) weight (any strides) in the accumulation dtype, both or neither of the second pair."""
+    (G, R, C) weight (any strides) in the accumulation dtype, both or neither of the second pair;
+    kept distances (G, R, C0 + C1) in the accumulation dtype, only where D > 64 (the wide layout)."""
     if (cols1 is None) != (weight1 is None):
         raise ValueError("cols1 and weight1 must be given together (or both be None)")
     for cols_name, cols, weight_name, weight in (("cols0", cols0, "weight0", weight0),
@@ -136,6 +138,14 @@ def check_pair_gradient_op(rows, cols0, weight0, cols1, weight1, bandwidth, kern
         check_like(weight_name, weight, rows, "rows")
         check_shape(weight_name, weight, (rows.shape[0], rows.shape[1], cols.shape[1]), "(G, R, C)")
     _check_op_options(rows, bandwidth, kernel, distance_scale, eps)
+    if distances is not None:
+        acc = accumulate_dtype(rows.dtype)
+        check_tensor("distances", distances, (acc,), str(acc).removeprefix("torch."))
+        check_like("distances", distances, rows, "rows")
+        columns = cols0.shape[1] + (cols1.shape[1] if cols1 is not None else 0)
+        check_shape("distances", distances, (rows.shape[0], rows.shape[1], columns), "(G, R, C0 + C1)")
+        if rows.shape[2] <= 64:
+            raise ValueError(f"distances are kept only for D > 64 (the wide layout); got D={rows.shape[2]}")
 
 
 def check_eps(eps, dtype: Optional[torch.dtype] = None) -> float:
