@@ -93,7 +93,8 @@ def test_fallback_path_matches_kernels(kernel, monkeypatch):
 def test_no_gradient_work_for_stop_gradient_target(monkeypatch):
     calls = []
     original = pairwise_ops.pair_gradient
-    monkeypatch.setattr(pairwise_ops, "pair_gradient", lambda rows, *a: calls.append(rows) or original(rows, *a))
+    monkeypatch.setattr(pairwise_ops, "pair_gradient",
+                        lambda rows, *a, **k: calls.append(rows) or original(rows, *a, **k))
     x, y = random_sets(4, 4, 4, 30, seed=16)
     x.requires_grad_()
     imm_ext.mmd_loss(x, y).backward()
