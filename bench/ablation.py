@@ -29,16 +29,26 @@ from imm_ext.train.plots import save_figure
 from study_runs import TUNED, measure_speeds, score, train_together, training_folder
 
 FM = ["method.kind=flow_matching"]
-# A small DDPM++ UNet, 16 channels at full resolution and 32 below, no attention: fewer weights than the
-# preset DiT, more time a step (with attention and twice the channels it is several times slower). On
-# 8x8 digits two levels (8x8, 4x4); on padded 32x32 Fashion-MNIST three (32, 16, 8).
-UNET_LEVELS = {"digits": "[1, 2]", "fashion-mnist": "[1, 2, 2]"}
+# A small DDPM++ UNet on 8x8 digits, 16 channels at 8x8 and 32 at 4x4, no attention (the fashion-mnist
+# preset's network on two levels): fewer weights than the digits DiT, more time a step.
+DIGITS_UNET = ["model.kind=unet", "model.options={model_channels: 16, channel_mult: [1, 2], num_blocks: 1, "
+               "attn_resolutions: [], heads: 1, dropout: 0.0}"]
+# The DiT the fashion-mnist preset had before the network search chose the UNet.
+FASHION_DIT = ["model.kind=dit", "model.options={patch_size: 4, hidden_size: 96, depth: 3, heads: 4}"]
 COSINE = ["optimizer.schedule=cosine", "optimizer.final_lr_fraction=0.1"]
 
 
-def unet(dataset: str) -> List[str]:
-    return ["model.kind=unet", f"model.options={{model_channels: 16, channel_mult: {UNET_LEVELS[dataset]}, "
-            "num_blocks: 1, attn_resolutions: [], heads: 1, dropout: 0.0}"]
+def network_variants(dataset: str, fm_best: List[str]) -> Dict[str, List[str]]:
+    """The network set at equal wall time, both methods, the preset's network first."""
+    if dataset == "fashion-mnist":
+        return {"IMM UNet (preset)": [], "FM UNet (preset)": fm_best,
+                "IMM DiT patch 4": FASHION_DIT, "FM DiT patch 4": [*fm_best, *FASHION_DIT]}
+    # On digits: the preset's DiT on 4x4 patches (4 tokens of an 8x8 digit), on 2x2 patches (16 tokens:
+    # dearer, so fewer steps), 4x4 patches wider in about the same time, and a small DDPM++ UNet.
+    return {"IMM DiT patch 4 (preset)": [], "FM DiT patch 4 (preset)": fm_best,
+            "IMM DiT patch 2": ["model.options.patch_size=2"], "FM DiT patch 2": [*fm_best, "model.options.patch_size=2"],
+            "IMM DiT patch 4 width 128": ["model.options.hidden_size=128"],
+            "IMM UNet": DIGITS_UNET, "FM UNet": [*fm_best, *DIGITS_UNET]}
 
 
 def variant_sets(dataset: str) -> Dict[str, tuple]:
@@ -46,7 +56,6 @@ def variant_sets(dataset: str) -> Dict[str, tuple]:
     variant of each method is its preset (flow matching at its own best learning rate where it has one).
     The labels name the digits preset's values."""
     fm_best = [*FM, *TUNED.get(dataset, {}).get("flow_matching", [])]
-    unet_overrides = unet(dataset)
     return {
         # Paper: M = 1 (the consistency-model case) trains worse or unstably; M > 1 better.
         "particles": ("steps", {"M=4 (preset)": [], "M=1": ["method.particles=1"], "M=2": ["method.particles=2"],
@@ -68,14 +77,7 @@ def variant_sets(dataset: str) -> Dict[str, tuple]:
         "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
                             "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
                             "T=0.999": ["method.T=0.999"]}),
-        # The network at equal wall time, both methods: the preset's DiT on 4x4 patches (4 tokens of an 8x8
-        # digit), on 2x2 patches (16 tokens: dearer, so fewer steps), 4x4 patches wider in about the same time,
-        # and a small DDPM++ UNet.
-        "network": ("time", {
-            "IMM DiT patch 4 (preset)": [], "FM DiT patch 4 (preset)": fm_best,
-            "IMM DiT patch 2": ["model.options.patch_size=2"], "FM DiT patch 2": [*fm_best, "model.options.patch_size=2"],
-            "IMM DiT patch 4 width 128": ["model.options.hidden_size=128"],
-            "IMM UNet": unet_overrides, "FM UNet": [*fm_best, *unet_overrides]}),
+        "network": ("time", network_variants(dataset, fm_best)),
         # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
         "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": fm_best,
                                "IMM cosine": COSINE, "FM cosine": [*fm_best, *COSINE],

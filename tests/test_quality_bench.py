@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from imm_ext.train.presets import TRAINING_PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,13 +120,15 @@ def test_a_variant_subset_keeps_the_presets_and_the_network_set_fits_the_dataset
     import pytest
 
     _, network = ablation.variant_sets("fashion-mnist")["network"]
-    chosen = ablation.chosen_variants(network, ["imm-unet", "fm-unet"])
-    assert list(chosen) == ["IMM DiT patch 4 (preset)", "FM DiT patch 4 (preset)", "IMM UNet", "FM UNet"]
-    assert "channel_mult: [1, 2, 2]" in chosen["IMM UNet"][1]  # three levels for padded 32x32 images
+    chosen = ablation.chosen_variants(network, ["imm-dit-patch-4", "fm-dit-patch-4"])
+    assert list(chosen) == ["IMM UNet (preset)", "FM UNet (preset)", "IMM DiT patch 4", "FM DiT patch 4"]
+    preset = TRAINING_PRESETS["fashion-mnist"].model
+    assert preset.kind == "unet" and len(preset.options["channel_mult"]) == 3  # 32, 16, 8 for padded images
+    assert chosen["IMM DiT patch 4"][0] == "model.kind=dit"  # the alternative names its whole network
     assert "channel_mult: [1, 2]" in ablation.variant_sets("digits")["network"][1]["IMM UNet"][1]
     assert ablation.variant_sets("digits")["network"][1]["FM DiT patch 4 (preset)"] == [
         *ablation.FM, "optimizer.lr=2e-3"]  # digits' tuned baseline; Fashion-MNIST has none
-    assert chosen["FM DiT patch 4 (preset)"] == ablation.FM
+    assert chosen["FM UNet (preset)"] == ablation.FM
     assert ablation.chosen_variants(network, None) == network
     with pytest.raises(SystemExit, match="no variant imm-resnet"):
         ablation.chosen_variants(network, ["imm-resnet"])
