@@ -1,9 +1,11 @@
 """Benchmark of imm_ext's DiT layers against the same network written with stock PyTorch layers.
 
-Cases (float32, batch 8 by default): one DiT-S/2 block on (8, 256, 384) tokens, and the whole DiT-S/2
-on (8, 4, 32, 32) latents (256 tokens, 1000 classes). Modes: forward (under torch.no_grad) and a
-training step without optimizer (forward, loss = mean(G^2), backward into every parameter and, for the
-block, into its input). Variants, each eager and under torch.compile (dynamic=False):
+Cases: one DiT-S/2 block on (B, 256, 384) tokens, and the whole DiT-S/2 on (B, 4, 32, 32) latents (256
+tokens, 1000 classes), at each batch B given, in float32 or under bfloat16 autocast. Modes: the forward
+(under torch.no_grad) and a training step without optimizer (forward, loss = mean(G^2), backward into
+every parameter and, for the block, into its input), with fresh gradients (zero_grad's default: each
+.grad a new tensor, so its memory is newly allocated and first touched) or accumulated into the
+existing .grad. Variants, each eager and under torch.compile (dynamic=False):
   * stock:            DiT(layers="stock") / the block's stock twin: layer_norm + `x * (1 + scale) +
                       shift` + scaled_dot_product_attention + `x + gate * y` (imm_ext.nn.stock);
   * imm_ext:          imm_ext's layers, attention_backend="auto" (what users get: imm_ext's attention
@@ -12,20 +14,23 @@ block, into its input). Variants, each eager and under torch.compile (dynamic=Fa
                       CPU the same code as "imm_ext", so the spread between the two shows the noise).
 All variants share the same weights (the zero-initialised adaLN layers are given small random values
 so every branch computes something) and their outputs are checked against stock. The table gives the
-median (and worst) wall time of repeated calls after two warm-up calls (which include compilation), the variants
-of one case, mode and execution timed round-robin (so that load changes on a shared machine hit all
-alike), and the speedup over stock in the same execution mode (eager or compile). A profile of the imm_ext
-training step of the whole model (torch.profiler, self CPU time per op) splits it into matrix
-multiplies (mm / addmm / bmm / convolution), attention (ops named *attention*, softmax) and the rest. Results are printed as markdown and written as JSON (with the machine and its
+median and the worst wall time of repeated calls after two warm-up calls (which include compilation),
+the variants of one setting, mode and execution timed round-robin (so that load changes on a shared
+machine hit all alike), and the speedups over stock in the same execution mode (eager or compile). A
+profile of the imm_ext training step of the whole model (torch.profiler, self CPU time per op) splits it
+into matrix multiplies (mm / addmm / bmm / convolution), attention (ops named *attention*, softmax) and
+the rest. Results are printed as markdown and written as JSON (every call's time, the machine and its
 load average) to bench/results/models-<device>-<timestamp>.json.
 
-    python bench/models.py [--device cpu|cuda] [--batch 8] [--reps 5] [--cases block,dit] [--no-compile]
+    python bench/models.py [--device cpu|cuda] [--batch 8,32] [--precision float32,bf16] [--reps 5]
+                           [--cases block,dit] [--modes ...] [--variants stock,imm_ext] [--no-compile]
 
-Target: the whole DiT-S/2 training step >= 1.1x faster than stock (eager) on the CPU.
+Target: the whole DiT-S/2 training step >= 1.15x faster than stock eager and >= 1.05x compiled on the CPU.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +44,8 @@ from harness import load_average, machine_info, synchronize, time_in_rounds
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VARIANTS = {"stock": dict(layers="stock"), "imm_ext": dict(attention_backend="auto"),
             "imm_ext+attn": dict(attention_backend="imm_ext")}
+MODES = ("forward", "train step (fresh grads)", "train step (accumulated grads)")
+PRECISIONS = ("float32", "bf16")
 
 
 def perturbed(module, seed=0):
@@ -67,18 +74,27 @@ def build_case(case, variant, batch, device):
     return perturbed(module).to(device), tuple(t.to(device) for t in inputs), grad_input
 
 
-def runners(module, inputs, grad_input):
-    """forward() and train_step() closures over `module` (eager or compiled)."""
+def runners(module, inputs, grad_input, precision, device):
+    """{mode: closure} over `module` (eager or compiled): the forward, and the training step with fresh
+    gradients (zero_grad's default: every .grad a new tensor) or accumulated into the existing ones."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             return module(*inputs)
 
-    def train_step():
-        first = inputs[0].detach().requires_grad_(grad_input)
-        module.zero_grad(set_to_none=True)
-        module(first, *inputs[1:]).square().mean().backward()
+    def train_step(set_to_none):
+        def step():
+            first = inputs[0].detach().requires_grad_(grad_input)
+            if set_to_none:
+                module.zero_grad(set_to_none=True)
+            with autocast:
+                loss = module(first, *inputs[1:]).float().square().mean()
+            loss.backward()
+        return step
 
-    return forward, train_step
+    return {"forward": forward, "train step (fresh grads)": train_step(True),
+            "train step (accumulated grads)": train_step(False)}
 
 
 def categorize(name):
@@ -108,23 +124,29 @@ def profile_breakdown(train_step, device):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", default="8", help="batch sizes, comma-separated")
+    parser.add_argument("--precision", default="float32", help="float32 and/or bf16 (autocast), comma-separated")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; stock is always timed")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--cases", default="block,dit")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    modes = chosen(args.modes, MODES, "mode")
+    variants = ["stock", *[v for v in chosen(args.variants, VARIANTS, "variant") if v != "stock"]]
     machine = machine_info(device)
     where = machine["gpu"] or f"{machine['cpu']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} threads"
-    print(f"{args.device}: {where}, torch {torch.__version__}, batch {args.batch}, float32, "
-          f"load average {machine['load_average_at_start']}")
+    print(f"{args.device}: {where}, torch {torch.__version__}, load average {machine['load_average_at_start']}")
     executions = ["eager"] + ([] if args.no_compile else ["compile"])
     rows, checks, profiles = [], [], {}
-    for case in args.cases.split(","):
+    for case, batch, precision in itertools.product(args.cases.split(","), [int(b) for b in args.batch.split(",")],
+                                                    chosen(args.precision, PRECISIONS, "precision")):
+        setting = dict(case=case, batch=batch, precision=precision)
         modules, weights = {}, None
-        for variant in VARIANTS:
-            module, inputs, grad_input = build_case(case, variant, args.batch, device)
+        for variant in variants:
+            module, inputs, grad_input = build_case(case, variant, batch, device)
             weights = weights or module.state_dict()
             module.load_state_dict(weights)
             modules[variant] = module
@@ -132,44 +154,57 @@ def main():
             calls = {}
             for variant, module in modules.items():
                 target = module if execution == "eager" else torch.compile(module, dynamic=False)
-                calls[variant] = runners(target, inputs, grad_input)
-            reference = calls["stock"][0]()
-            for variant, (forward, _) in calls.items():
-                checks.append(dict(case=case, variant=variant, execution=execution,
-                                   max_abs_diff_vs_stock=(forward() - reference).abs().max().item()))
-            for index, mode in enumerate(("forward", "train step")):
-                timings = time_in_rounds({v: (fns[index], lambda: None) for v, fns in calls.items()}, device,
+                calls[variant] = runners(target, inputs, grad_input, precision, device)
+            reference = calls["stock"]["forward"]().float()
+            for variant, fns in calls.items():
+                checks.append(dict(**setting, variant=variant, execution=execution,
+                                   max_abs_diff_vs_stock=(fns["forward"]().float() - reference).abs().max().item()))
+            for mode in modes:
+                timings = time_in_rounds({v: (fns[mode], lambda: None) for v, fns in calls.items()}, device,
                                          args.reps, budget_s=float("inf"), warmup=2)
                 for variant, times in timings.items():
-                    rows.append(dict(case=case, mode=mode, variant=variant, execution=execution, ms=times.median_ms,
-                                     worst_ms=times.worst_ms))
-                    print(f"  {case:5s} {mode:10s} {variant:12s} {execution:7s} {times.median_ms:9.1f} ms "
-                          f"(worst {times.worst_ms:.1f})", flush=True)
-        if case == "dit":
-            profiles[case] = profile_breakdown(runners(modules["imm_ext"], inputs, grad_input)[1], device)
+                    rows.append(dict(**setting, mode=mode, variant=variant, execution=execution, ms=times.median_ms,
+                                     worst_ms=times.worst_ms, calls_ms=times.calls_ms))
+                    print(f"  {case:5s} b{batch:<3d} {precision:8s} {mode:30s} {variant:12s} {execution:7s} "
+                          f"{times.median_ms:9.1f} ms (worst {times.worst_ms:.1f})", flush=True)
+        if case == "dit" and "imm_ext" in modules:
+            step = runners(modules["imm_ext"], inputs, grad_input, precision, device)["train step (fresh grads)"]
+            profiles[f"{case} batch {batch} {precision}"] = profile_breakdown(step, device)
 
-    print("\n| case | mode | variant | execution | median ms | speedup vs stock |\n|---|---|---|---|---:|---:|")
+    print("\n| case | batch | precision | mode | variant | execution | median ms | worst ms | speedup vs stock "
+          "(median) | (worst) |\n|---|---:|---|---|---|---|---:|---:|---:|---:|")
     for row in rows:
-        stock = next(r["ms"] for r in rows if r["variant"] == "stock" and
-                     all(r[k] == row[k] for k in ("case", "mode", "execution")))
-        row["speedup_vs_stock"] = stock / row["ms"]
-        print(f"| {row['case']} | {row['mode']} | {row['variant']} | {row['execution']} | {row['ms']:.1f} | "
-              f"{row['speedup_vs_stock']:.2f}x |")
+        stock = next(r for r in rows if r["variant"] == "stock" and
+                     all(r[k] == row[k] for k in ("case", "batch", "precision", "mode", "execution")))
+        row["speedup_vs_stock"] = stock["ms"] / row["ms"]
+        row["worst_speedup_vs_stock"] = stock["worst_ms"] / row["worst_ms"]
+        print(f"| {row['case']} | {row['batch']} | {row['precision']} | {row['mode']} | {row['variant']} | "
+              f"{row['execution']} | {row['ms']:.1f} | {row['worst_ms']:.1f} | {row['speedup_vs_stock']:.2f}x | "
+              f"{row['worst_speedup_vs_stock']:.2f}x |")
     print("\nagreement with stock in the same execution mode (forward, max |difference|): "
-          + ", ".join(f"{c['case']}/{c['variant']}/{c['execution']} {c['max_abs_diff_vs_stock']:.1e}" for c in checks))
-    for case, (totals, top) in profiles.items():
+          + ", ".join(f"{c['case']}/b{c['batch']}/{c['precision']}/{c['variant']}/{c['execution']} "
+                      f"{c['max_abs_diff_vs_stock']:.1e}" for c in checks))
+    for name, (totals, top) in profiles.items():
         total = sum(totals.values())
-        print(f"\nprofile of the imm_ext eager training step ({case}), self time {total:.0f} ms: "
+        print(f"\nprofile of the imm_ext eager training step ({name}), self time {total:.0f} ms: "
               + ", ".join(f"{k} {v:.0f} ms ({100 * v / total:.0f}%)" for k, v in totals.items()))
-        print("top ops: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in top))
+        print("top ops: " + ", ".join(f"{op} {ms:.0f} ms" for op, ms in top))
     machine["load_average_at_end"] = load_average()
     RESULTS_DIR.mkdir(exist_ok=True)
     out = args.out or RESULTS_DIR / f"models-{args.device}-{datetime.now():%Y%m%d-%H%M%S}.json"
-    profiles = {case: dict(totals=totals, top_ops=top) for case, (totals, top) in profiles.items()}
+    profiles = {name: dict(totals=totals, top_ops=top) for name, (totals, top) in profiles.items()}
     report = dict(machine=machine, args={k: str(v) for k, v in vars(args).items()}, rows=rows, agreement=checks,
                   profiles=profiles)
     out.write_text(json.dumps(report, indent=1))
     print(f"\nwritten to {out}")
+
+
+def chosen(text: str, known, what: str) -> list:
+    names = text.split(",")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what} {', '.join(unknown)}: choose from {', '.join(known)}")
+    return names
 
 
 if __name__ == "__main__":
