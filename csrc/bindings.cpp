@@ -247,20 +247,20 @@ imm::QkNormShape qk_norm_shape(const Target& on, int64_t batch, int64_t tokens, 
 
 void qk_norm_forward(const Target& on, int dtype, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
                      double eps, std::uintptr_t qkv, std::uintptr_t q_weight, std::uintptr_t k_weight,
-                     std::uintptr_t out, std::uintptr_t stats) {
+                     std::uintptr_t out_q, std::uintptr_t out_k, std::uintptr_t stats) {
   on.run(imm::cpu::qk_norm_forward, IMM_CUDA_KERNEL(imm::cuda::qk_norm_forward), on.dtype(dtype),
          qk_norm_shape(on, batch, tokens, heads, head_dim), eps, in_ptr(qkv), in_ptr(q_weight), in_ptr(k_weight),
-         out_ptr(out), out_ptr(stats));
+         out_ptr(out_q), out_ptr(out_k), out_ptr(stats));
 }
 
 void qk_norm_backward(const Target& on, int dtype, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
-                      int64_t chunk_rows, std::uintptr_t grad, std::uintptr_t qkv, std::uintptr_t q_weight,
-                      std::uintptr_t k_weight, std::uintptr_t stats, std::uintptr_t grad_qkv,
+                      int64_t chunk_rows, std::uintptr_t grad_q, std::uintptr_t grad_k, std::uintptr_t qkv,
+                      std::uintptr_t q_weight, std::uintptr_t k_weight, std::uintptr_t stats, std::uintptr_t grad_qkv,
                       std::uintptr_t partials) {
   on.require(chunk_rows >= 1 && chunk_rows <= imm::kQkNormMaxChunkRows, "chunk_rows out of range");
   on.run(imm::cpu::qk_norm_backward, IMM_CUDA_KERNEL(imm::cuda::qk_norm_backward), on.dtype(dtype),
-         qk_norm_shape(on, batch, tokens, heads, head_dim), chunk_rows, in_ptr(grad), in_ptr(qkv), in_ptr(q_weight),
-         in_ptr(k_weight), in_ptr(stats), out_ptr(grad_qkv), out_ptr(partials));
+         qk_norm_shape(on, batch, tokens, heads, head_dim), chunk_rows, in_ptr(grad_q), in_ptr(grad_k), in_ptr(qkv),
+         in_ptr(q_weight), in_ptr(k_weight), in_ptr(stats), out_ptr(grad_qkv), out_ptr(partials));
 }
 
 // ---- attention (csrc/common/attention.h) -------------------------------------------------------

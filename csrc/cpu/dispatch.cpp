@@ -152,15 +152,15 @@ void gelu_tanh_backward(DType dtype, int64_t n, const void* grad, const void* x,
 }
 
 void qk_norm_forward(DType dtype, QkNormShape shape, double eps, const void* qkv, const void* q_weight,
-                     const void* k_weight, void* out, void* stats, int threads) {
-  chosen().qk_norm_forward(dtype, shape, eps, qkv, q_weight, k_weight, out, stats, threads);
+                     const void* k_weight, void* out_q, void* out_k, void* stats, int threads) {
+  chosen().qk_norm_forward(dtype, shape, eps, qkv, q_weight, k_weight, out_q, out_k, stats, threads);
 }
 
-void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad, const void* qkv,
-                      const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv, void* partials,
-                      int threads) {
-  chosen().qk_norm_backward(dtype, shape, chunk_rows, grad, qkv, q_weight, k_weight, stats, grad_qkv, partials,
-                            threads);
+void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad_q, const void* grad_k,
+                      const void* qkv, const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv,
+                      void* partials, int threads) {
+  chosen().qk_norm_backward(dtype, shape, chunk_rows, grad_q, grad_k, qkv, q_weight, k_weight, stats, grad_qkv,
+                            partials, threads);
 }
 
 const char* selected_isa() { return chosen().name; }

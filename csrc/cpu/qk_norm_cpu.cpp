@@ -34,7 +34,7 @@ struct RowCursor {
   RowCursor(const QkNormShape& shape_, int p_, int64_t n_) : shape(shape_), p(p_), n(n_), r(shape_.row(n_)) {}
   int64_t input_offset() const { return shape.input_offset(p, r); }
   int64_t output_row() const { return shape.output_row(r); }
-  int64_t output_offset() const { return (p * shape.rows() + output_row()) * shape.head_dim; }
+  int64_t output_offset() const { return output_row() * shape.head_dim; }
   void next() {
     ++n;
     if (++r.h < shape.heads) return;
@@ -81,8 +81,8 @@ void forward_rows(const QkNormShape& shape, acc_t<In> eps, const In* qkv, const 
 }
 
 template <class In>
-void forward(QkNormShape shape, acc_t<In> eps, const In* qkv, const In* q_weight, const In* k_weight, In* out,
-             acc_t<In>* stats, int threads) {
+void forward(QkNormShape shape, acc_t<In> eps, const In* qkv, const In* q_weight, const In* k_weight, In* out_q,
+             In* out_k, acc_t<In>* stats, int threads) {
   using T = acc_t<In>;
   const int64_t rows = shape.rows(), blocks = 2 * ((rows + kRowsPerThread - 1) / kRowsPerThread);
 #pragma omp parallel num_threads(threads_for(2 * rows, threads))
@@ -92,15 +92,16 @@ void forward(QkNormShape shape, acc_t<In> eps, const In* qkv, const In* q_weight
     for (int64_t block = 0; block < blocks; ++block) {
       const int p = static_cast<int>(block / (blocks / 2));
       const int64_t first = (block % (blocks / 2)) * kRowsPerThread;
-      forward_rows(shape, eps, qkv, p == 0 ? q_weight : k_weight, out, stats, p, first,
+      forward_rows(shape, eps, qkv, p == 0 ? q_weight : k_weight, p == 0 ? out_q : out_k, stats, p, first,
                    std::min(rows, first + kRowsPerThread), row.data());
     }
   }
 }
 
 template <class In>
-void backward(QkNormShape shape, int64_t chunk_rows, const In* grad, const In* qkv, const In* q_weight,
-              const In* k_weight, const acc_t<In>* stats, In* grad_qkv, acc_t<In>* partials, int threads) {
+void backward(QkNormShape shape, int64_t chunk_rows, const In* grad_q, const In* grad_k, const In* qkv,
+              const In* q_weight, const In* k_weight, const acc_t<In>* stats, In* grad_qkv, acc_t<In>* partials,
+              int threads) {
   using T = acc_t<In>;
   const int64_t rows = shape.rows(), D = shape.head_dim, chunks = shape.chunks(chunk_rows);
 #pragma omp parallel num_threads(threads_for(2 * rows, threads))
@@ -113,6 +114,7 @@ void backward(QkNormShape shape, int64_t chunk_rows, const In* grad, const In* q
       const int p = static_cast<int>(item / chunks);
       const int64_t first = (item % chunks) * chunk_rows, last = std::min(rows, first + chunk_rows);
       const In* weight = p == 0 ? q_weight : k_weight;
+      const In* grad = p == 0 ? grad_q : grad_k;
       T* partial = partials + item * D;
       std::fill(partial, partial + D, T(0));
       for (RowCursor at(shape, p, first); at.n < last; at.next()) {
@@ -146,22 +148,24 @@ void backward(QkNormShape shape, int64_t chunk_rows, const In* grad, const In* q
 }  // namespace
 
 void qk_norm_forward(DType dtype, QkNormShape shape, double eps, const void* qkv, const void* q_weight,
-                     const void* k_weight, void* out, void* stats, int threads) {
+                     const void* k_weight, void* out_q, void* out_k, void* stats, int threads) {
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
     using T = acc_t<In>;
     forward(shape, static_cast<T>(eps), static_cast<const In*>(qkv), static_cast<const In*>(q_weight),
-            static_cast<const In*>(k_weight), static_cast<In*>(out), static_cast<T*>(stats), threads);
+            static_cast<const In*>(k_weight), static_cast<In*>(out_q), static_cast<In*>(out_k), static_cast<T*>(stats),
+            threads);
   });
 }
 
-void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad, const void* qkv,
-                      const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv, void* partials,
-                      int threads) {
+void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad_q, const void* grad_k,
+                      const void* qkv, const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv,
+                      void* partials, int threads) {
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
     using T = acc_t<In>;
-    backward(shape, chunk_rows, static_cast<const In*>(grad), static_cast<const In*>(qkv),
+    backward(shape, chunk_rows, static_cast<const In*>(grad_q), static_cast<const In*>(grad_k),
+             static_cast<const In*>(qkv),
              static_cast<const In*>(q_weight), static_cast<const In*>(k_weight), static_cast<const T*>(stats),
              static_cast<In*>(grad_qkv), static_cast<T*>(partials), threads);
   });

@@ -32,7 +32,8 @@ __device__ T scaled_squares(const In* row, int64_t D, int lane, T s) {
 template <class In>
 __global__ void qk_norm_forward_kernel(QkNormShape shape, acc_t<In> eps, const In* __restrict__ qkv,
                                        const In* __restrict__ q_weight, const In* __restrict__ k_weight,
-                                       In* __restrict__ out, acc_t<In>* __restrict__ stats) {
+                                       In* __restrict__ out_q, In* __restrict__ out_k,
+                                       acc_t<In>* __restrict__ stats) {
   using T = acc_t<In>;
   const int64_t rows = shape.rows(), D = shape.head_dim;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -40,7 +41,7 @@ __global__ void qk_norm_forward_kernel(QkNormShape shape, acc_t<In> eps, const I
   const int lane = threadIdx.x % kWarp;
   const int p = static_cast<int>(item / rows);
   const QkRow r = shape.row(item % rows);
-  const int64_t out_row = p * rows + shape.output_row(r);
+  const int64_t out_row = shape.output_row(r);
   const In* row = qkv + shape.input_offset(p, r);
   const In* weight = p == 0 ? q_weight : k_weight;
   T squares = T(0);
@@ -62,15 +63,15 @@ __global__ void qk_norm_forward_kernel(QkNormShape shape, acc_t<In> eps, const I
       rstd = scaled_rstd(scaled_squares(row, D, lane, s), D, eps, s);
     }
   }
-  In* target = out + out_row * D;
+  In* target = (p == 0 ? out_q : out_k) + out_row * D;
   for (int64_t c = lane; c < D; c += kWarp)
     store(target, c, normalized(static_cast<T>(load(row, c)), T(0), rstd) * load(weight, c));
-  if (lane == 0) stats[out_row] = rstd;
+  if (lane == 0) stats[p * rows + out_row] = rstd;
 }
 
 template <class In>
-__global__ void qk_norm_backward_kernel(QkNormShape shape, int64_t chunk_rows, const In* __restrict__ grad,
-                                        const In* __restrict__ qkv, const In* __restrict__ q_weight,
+__global__ void qk_norm_backward_kernel(QkNormShape shape, int64_t chunk_rows, const In* __restrict__ grad_q,
+                                        const In* __restrict__ grad_k, const In* __restrict__ qkv, const In* __restrict__ q_weight,
                                         const In* __restrict__ k_weight, const acc_t<In>* __restrict__ stats,
                                         In* __restrict__ grad_qkv, acc_t<In>* __restrict__ partials) {
   using T = acc_t<In>;
@@ -81,14 +82,15 @@ __global__ void qk_norm_backward_kernel(QkNormShape shape, int64_t chunk_rows, c
   const int64_t first = (item % chunks) * chunk_rows;
   const int64_t count = rows - first < chunk_rows ? rows - first : chunk_rows;
   const In* weight = p == 0 ? q_weight : k_weight;
+  const In* grad = p == 0 ? grad_q : grad_k;
 
   // Phase 1: E[dxhat * xhat] of every row of the chunk, a warp per row.
   const int lane = threadIdx.x % kWarp;
   for (int64_t i = threadIdx.x / kWarp; i < count; i += kWarpsPerBlock) {
     const int64_t n = first + i;
     const QkRow r = shape.row(n);
-    const int64_t out_row = p * rows + shape.output_row(r);
-    const T rstd = stats[out_row];
+    const int64_t out_row = shape.output_row(r);
+    const T rstd = stats[p * rows + out_row];
     const In* x = qkv + shape.input_offset(p, r);
     const In* g = grad + out_row * D;
     T sum = T(0);
@@ -111,8 +113,8 @@ __global__ void qk_norm_backward_kernel(QkNormShape shape, int64_t chunk_rows, c
     T total = T(0);
     for (int64_t i = group; i < count; i += groups) {
       const QkRow r = shape.row(first + i);
-      const int64_t out_row = p * rows + shape.output_row(r);
-      const T rstd = stats[out_row];
+      const int64_t out_row = shape.output_row(r);
+      const T rstd = stats[p * rows + out_row];
       const int64_t offset = shape.input_offset(p, r) + c;
       const T g = load(grad + out_row * D, c);
       const T xhat = normalized(static_cast<T>(load(qkv, offset)), T(0), rstd);
@@ -138,29 +140,30 @@ __global__ void qk_norm_backward_kernel(QkNormShape shape, int64_t chunk_rows, c
 }  // namespace
 
 void qk_norm_forward(DType dtype, QkNormShape shape, double eps, const void* qkv, const void* q_weight,
-                     const void* k_weight, void* out, void* stats, std::uintptr_t stream) {
+                     const void* k_weight, void* out_q, void* out_k, void* stats, std::uintptr_t stream) {
   if (shape.rows() == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
     using T = acc_t<In>;
     launch_kernel("qk_norm_forward", qk_norm_forward_kernel<In>, blocks_of(2 * shape.rows(), kWarpsPerBlock),
                   kThreads, 0, as_stream(stream), shape, static_cast<T>(eps), static_cast<const In*>(qkv),
-                  static_cast<const In*>(q_weight), static_cast<const In*>(k_weight), static_cast<In*>(out),
-                  static_cast<T*>(stats));
+                  static_cast<const In*>(q_weight), static_cast<const In*>(k_weight), static_cast<In*>(out_q),
+                  static_cast<In*>(out_k), static_cast<T*>(stats));
   });
   check_launch("qk_norm_forward");
 }
 
-void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad, const void* qkv,
-                      const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv, void* partials,
-                      std::uintptr_t stream) {
+void qk_norm_backward(DType dtype, QkNormShape shape, int64_t chunk_rows, const void* grad_q, const void* grad_k,
+                      const void* qkv, const void* q_weight, const void* k_weight, const void* stats, void* grad_qkv,
+                      void* partials, std::uintptr_t stream) {
   if (shape.rows() == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using In = decltype(tag);
     using T = acc_t<In>;
     launch_kernel("qk_norm_backward", qk_norm_backward_kernel<In>,
                   static_cast<unsigned>(2 * shape.chunks(chunk_rows)), kThreads, 0, as_stream(stream), shape,
-                  chunk_rows, static_cast<const In*>(grad), static_cast<const In*>(qkv),
+                  chunk_rows, static_cast<const In*>(grad_q), static_cast<const In*>(grad_k),
+                  static_cast<const In*>(qkv),
                   static_cast<const In*>(q_weight), static_cast<const In*>(k_weight), static_cast<const T*>(stats),
                   static_cast<In*>(grad_qkv), static_cast<T*>(partials));
   });
