@@ -21,6 +21,8 @@ import imm_ext
 from imm_ext.health_check import cpu_model
 
 Call = Callable[[], object]
+KEEP_FREED_MEMORY = ("keep freed memory in the process for reuse (imm_ext.process_memory, as training does on "
+                     "the CPU), for every method alike: no page faults on fresh outputs")
 
 
 @dataclass

@@ -66,8 +66,9 @@ import torch.nn.functional as F
 
 import imm_ext
 from imm_ext.ops import mmd_loss_reference, timestep_embedding_pair_reference
+from imm_ext.process_memory import keep_freed_memory
 from gradient_protocols import format_protocols, time_protocols
-from harness import load_average, machine_info, synchronize, time_in_rounds, timed
+from harness import KEEP_FREED_MEMORY, load_average, machine_info, synchronize, time_in_rounds, timed
 
 try:
     import geomloss
@@ -845,6 +846,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         c.key for c in CASES + ATTENTION_CASES + BLOCK_CASES))
     parser.add_argument("--out", type=Path,
                         help="JSON path (default bench/results/kernels-<device>[-quick]-<time>.json)")
+    parser.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY)
     parser.add_argument("--max-call-s", type=float, default=120.0,
                         help="in cases with a probe (sets-100k), skip a baseline whose estimated "
                              "fwd+bwd call takes longer (default 120; imm_ext always runs)")
@@ -863,10 +865,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     timing = QUICK if args.quick else FULL
+    if args.keep_freed_memory:
+        keep_freed_memory()
     info = machine_info_with_baselines(args.device)
     print(machine_line(info), flush=True)
-    report = dict(machine=info, quick=args.quick, started=datetime.now().isoformat(timespec="seconds"),
-                  cases=[], block=[])
+    report = dict(machine=info, quick=args.quick, keep_freed_memory=args.keep_freed_memory,
+                  started=datetime.now().isoformat(timespec="seconds"), cases=[], block=[])
     for case in CASES + ATTENTION_CASES:
         section = "attention" if isinstance(case, AttentionCase) else "mmd"
         if args.section not in ("all", section) or case.key not in args.case_keys:

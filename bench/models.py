@@ -25,6 +25,7 @@ load average) to bench/results/models-<device>-<timestamp>.json.
 
     python bench/models.py [--device cpu|cuda] [--batch 8,32] [--precision float32,bf16] [--reps 5]
                            [--cases block,dit] [--modes ...] [--variants stock,imm_ext] [--no-compile]
+                           [--keep-freed-memory]
 
 Target: the whole DiT-S/2 training step >= 1.15x faster than stock eager and >= 1.05x compiled on the CPU.
 """
@@ -40,7 +41,8 @@ import torch
 
 from imm_ext.models import DiT
 from imm_ext.models.dit import DiTBlock
-from harness import load_average, machine_info, synchronize, time_in_rounds
+from imm_ext.process_memory import keep_freed_memory
+from harness import KEEP_FREED_MEMORY, load_average, machine_info, synchronize, time_in_rounds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VARIANTS = {"stock": dict(layers="stock"), "imm_ext": dict(attention_backend="auto"),
@@ -132,9 +134,12 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--cases", default="block,dit")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     modes = chosen(args.modes, MODES, "mode")
     variants = ["stock", *[v for v in chosen(args.variants, VARIANTS, "variant") if v != "stock"]]
     machine = machine_info(device)

@@ -122,6 +122,9 @@ class LoopConfig:
     max_nonfinite: int = 10  # abort when a logged or checkpoint step sees this many non-finite steps in a row
     dist_timeout_s: float = 600.0  # collective timeout: a dead rank ends the job instead of hanging it
     threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+    # On CPU, freed memory stays in the process for the next step (imm_ext.process_memory): no page faults
+    # on each step's fresh activations and gradients; the process holds its peak memory until the run ends.
+    keep_freed_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from ..models import save_model
+from ..process_memory import freed_memory_kept
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, newest_good_checkpoint,
                          remove_orphaned_temporaries, resolve_resume, save_checkpoint)
 from .components import (DataInfo, build_network, build_optimizer, data_info, learning_rate, load_data,
@@ -144,9 +145,11 @@ class Trainer:
     def run(self) -> TrainResult:
         context = distributed.initialize(self.config.train.device, self.config.train.dist_timeout_s)
         threads = torch.get_num_threads()
+        keep_memory = self.config.train.keep_freed_memory and context.device.type == "cpu"
         try:
             with _StopSignals() as signals, (RunDirectoryLock(self.run_dir) if context.is_main
-                                             else contextlib.nullcontext()):
+                                             else contextlib.nullcontext()), \
+                    (freed_memory_kept() if keep_memory else contextlib.nullcontext()):
                 self._signals = signals
                 return self._run(context)
         except BaseException as error:
