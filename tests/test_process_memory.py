@@ -1,6 +1,6 @@
 """freed_memory_kept(): inside it a freed large block is reused without page faults once the heap has
-grown to hold it (glibc), after it glibc's defaults are back; a CPU training run holds it unless train.keep_freed_memory=false. The
-fault counts run in their own process: the setting is process-wide."""
+grown to hold it (glibc), after it glibc's defaults are back; a CPU training run holds it unless
+train.keep_freed_memory=false. The fault counts run in their own process: the setting is process-wide."""
 import contextlib
 import json
 import platform
