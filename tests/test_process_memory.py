@@ -1,5 +1,6 @@
 """freed_memory_kept(): inside it, freed large blocks are mostly reused without page faults (glibc); a
-CPU training run holds it unless train.keep_freed_memory=false. The fault counts run in their own process: the setting is process-wide."""
+CPU training run holds it unless train.keep_freed_memory=false. The fault counts run in their own
+process: the setting is process-wide."""
 import contextlib
 import json
 import platform
