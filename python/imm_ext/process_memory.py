@@ -4,8 +4,9 @@ PyTorch's CPU tensors come from malloc. glibc maps every block above its mmap th
 MiB, often 128 KiB) as fresh pages and unmaps it on free, so each step's large activations and
 gradients are page-faulted in and zeroed by the kernel again, on every step; on a virtual machine
 that hands freed memory back to its host, each first touch is slower still. `keep_freed_memory()`
-asks glibc (mallopt) to serve every block from its heap and never to trim it: a freed block is
-reused by the next allocation of its size, without a fault. The cost is that the process keeps its
+asks glibc (mallopt) to serve every block from its heap and never to trim it: once the heap has grown
+to a loop's working set, its freed blocks are reused without faults (a single reuse can still land on
+new heap where other allocations split the freed block). The cost is that the process keeps its
 peak memory while the setting holds, which a training loop reaches on its first step anyway;
 `freed_memory_kept()` holds it for a block (a training run) and gives the memory back after.
 """
