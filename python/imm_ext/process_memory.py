@@ -25,25 +25,30 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024  # glibc's defaults
 _DEFAULT_MMAP_MAX = 65536
 
 
+def _glibc():
+    """The process's C library where it is glibc (its malloc takes these settings), else None."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
 def keep_freed_memory() -> bool:
-    """Make freed memory stay in this process for reuse (glibc malloc; process-wide, until exit).
+    """Make freed memory stay in this process for reuse (glibc malloc; process-wide, until
+    release_freed_memory()).
 
     Returns True where it took effect, False where the C library is not glibc (the call then changes
     nothing)."""
-    if platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(None)
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
 
 
 def release_freed_memory() -> None:
     """glibc's default mmap and trim limits again, and the kept free memory given back to the system."""
-    if platform.libc_ver()[0] != "glibc":
-        return
-    libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-    libc.malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 @contextlib.contextmanager
