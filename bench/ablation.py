@@ -26,7 +26,8 @@ from typing import Dict, List
 from matplotlib.figure import Figure
 
 from imm_ext.train.plots import save_figure
-from study_runs import TUNED, measure_speeds, score, train_together, training_folder
+from study_runs import (TUNED, measure_speeds, remember_speeds, remembered_speeds, score, train_together,
+                        training_folder)
 
 FM = ["method.kind=flow_matching"]
 # A small DDPM++ UNet on 8x8 digits, 16 channels at 8x8 and 32 at 4x4, no attention (the fashion-mnist
@@ -118,12 +119,15 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
     labels = {_slug(label): label for label in variants}
     timing_steps = 30 if samples < 500 else 200
     presets = method_presets(jobs)
+    speeds_file = speeds_file or remembered_speeds(runs_dir)
     if speeds_file:
         speeds = stored_speeds(json.loads(Path(speeds_file).read_text())["steps_per_s"], jobs, mode)
-    elif mode == "time":
-        speeds = equal_load_speeds(dataset, jobs, timing_steps)
     else:
-        speeds = measure_speeds(dataset, {job: jobs[job] for job in set(presets.values())}, timing_steps)
+        if mode == "time":
+            speeds = equal_load_speeds(dataset, jobs, timing_steps)
+        else:
+            speeds = measure_speeds(dataset, {job: jobs[job] for job in set(presets.values())}, timing_steps)
+        remember_speeds(runs_dir, speeds)
     steps = {job: max(1, int(speeds[job if mode == "time" else presets[job]] * budget)) for job in jobs}
     results = {"set": name, "dataset": dataset, "mode": mode, "budget_s": budget, "steps_per_s": speeds,
                "steps": steps, "samples": samples, "variants": {job: labels[job] for job in jobs},

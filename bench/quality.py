@@ -15,7 +15,10 @@ step), in the dataset's frozen feature network (Frechet distance and the rest, b
 real-vs-real floor).
 
 Speeds are measured first (both methods concurrently, briefly) and written to the results; a run given
-`--speeds FILE` (an earlier results JSON) reuses them, so the same seeds give the same numbers.
+`--speeds FILE` (an earlier results JSON) reuses them, so the same seeds give the same numbers. With
+`--runs-dir` the runs, their checkpoints and the speeds stay in that folder, and the same command run
+again continues an interrupted study: finished runs are scored without retraining, unfinished ones
+resume from their newest checkpoint.
 Writes bench/results/quality-<dataset>-<time>.json (every number, each run's config, the machine, wall
 and CPU times) and figures next to it: FD against network evaluations, FD against training time, and
 sample grids of IMM at 1 and 2 steps beside flow matching at 2, 8 and 50.
@@ -40,8 +43,8 @@ from imm_ext.train.checkpoint import list_checkpoints
 from imm_ext.train.evaluation import generate, load_trained_model
 from imm_ext.train.plots import save_figure
 from ablation import SET_NAMES, run_variant_set
-from study_runs import (FM_STEPS, IMM_STEPS, METHODS, measure_speeds, method_overrides, network_evaluations, score,
-                        train_together, training_folder)
+from study_runs import (FM_STEPS, IMM_STEPS, METHODS, measure_speeds, method_overrides, network_evaluations,
+                        remember_speeds, remembered_speeds, score, train_together, training_folder)
 
 # ---------------------------------------------------------------------------------------------
 # Figures
@@ -138,8 +141,10 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=1000, help="generated samples per metric")
     parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--runs-dir", type=Path, help="train in this folder and keep the runs and their checkpoints "
-                                                    "(default: a temporary folder)")
+    parser.add_argument("--runs-dir", type=Path, help="train in this folder and keep the runs, their checkpoints and "
+                                                    "the measured speeds (default: a temporary folder); the same "
+                                                    "command given it again continues an interrupted study "
+                                                    "without retraining what finished")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override the dataset's preset in every run (repeatable)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="RESULTS",
@@ -172,11 +177,13 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
 
-    if arguments.speeds:
-        speeds = json.loads(arguments.speeds.read_text())["steps_per_s"]
+    speeds_file = arguments.speeds or remembered_speeds(arguments.runs_dir)
+    if speeds_file:
+        speeds = json.loads(speeds_file.read_text())["steps_per_s"]
     else:
         timed = {m: [*o, *extra] for m, o in method_overrides(arguments.dataset).items()}
         speeds = measure_speeds(arguments.dataset, timed, 30 if arguments.quick else 200)
+        remember_speeds(arguments.runs_dir, speeds)
     steps = {m: {str(b): max(1, int(speeds[m] * b)) for b in budgets} for m in METHODS}
     # Checkpoints at every budget's step (and nothing else kept): the trainer writes every `every` steps.
     every = {m: max(1, min(steps[m].values()) // 4) for m in METHODS}

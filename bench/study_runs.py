@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from imm_ext.train.evaluation import Metrics, evaluate_steps, load_trained_model, real_samples
 
@@ -44,15 +44,25 @@ QUIET = ["log.progress=false", "log.tensorboard=false", "log.sample_every=0", "e
 
 def train_together(dataset: str, root: Path, jobs: Dict[str, List[str]], seed: int) -> Dict[str, dict]:
     """`imm-ext train --preset dataset` for every job at once (its overrides after the preset), one thread
-    each, in root/<job>-<seed>; each job's command, wall and CPU seconds and run directory."""
-    runs = {}
+    each, in root/<job>-<seed>; each job's command, wall and CPU seconds and run directory.
+
+    A study given the same folder again (interrupted while training or scoring) loses no training: a job
+    whose run directory holds its finished run (the config this command resolves to, and a summary) is
+    not run again ("reused": its wall time from its log, no CPU time), and one with checkpoints but no
+    summary continues from its newest (`--resume auto`, exact)."""
+    runs, report = {}, {}
     for name, overrides in jobs.items():
         command = [sys.executable, "-m", "imm_ext.cli", "train", "--preset", dataset, "--name", f"{name}-{seed}",
-                   f"log.root={root}", f"train.seed={seed}", "train.threads=1", "log.keep_checkpoints=100000",
-                   *QUIET, *overrides]
+                   "--resume", "auto", f"log.root={root}", f"train.seed={seed}", "train.threads=1",
+                   "log.keep_checkpoints=100000", *QUIET, *overrides]
+        run_dir = root / f"{name}-{seed}"
+        if finished_run(command, run_dir):
+            log = (run_dir / "log.jsonl").read_text().splitlines()
+            report[name] = {"command": command[1:], "wall_s": json.loads(log[-1])["elapsed_s"], "cpu_s": None,
+                            "run_dir": str(run_dir), "reused": True}
+            continue
         runs[name] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"}), time.perf_counter(), command)
-    report = {}
     for name, (process, started, command) in runs.items():
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
@@ -61,7 +71,30 @@ def train_together(dataset: str, root: Path, jobs: Dict[str, List[str]], seed: i
             raise RuntimeError(f"{name} training failed:\n{error[-3000:]}")
         report[name] = {"command": command[1:], "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
                         "run_dir": str(root / f"{name}-{seed}")}
-    return report
+    return {name: report[name] for name in jobs}
+
+
+def finished_run(command: List[str], run_dir: Path) -> bool:
+    """Whether run_dir holds the finished run of this `imm-ext train` command: a summary, and the config
+    the command resolves to (`--print-config`), to the byte."""
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    resolved = subprocess.run([*command[:4], "--print-config", *command[4:]], capture_output=True, text=True,
+                              check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    return resolved == (run_dir / "config.yaml").read_text()
+
+
+def remembered_speeds(runs_dir) -> Optional[Path]:
+    """The speeds file a study kept in its runs folder (speeds.json: {"steps_per_s": ...}), if any: a
+    rerun in the same folder trains to the same steps."""
+    path = None if runs_dir is None else Path(runs_dir) / "speeds.json"
+    return path if path is not None and path.is_file() else None
+
+
+def remember_speeds(runs_dir, speeds: Dict[str, float]) -> None:
+    if runs_dir is not None:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        (Path(runs_dir) / "speeds.json").write_text(json.dumps({"steps_per_s": speeds}, indent=1) + "\n")
 
 
 def measure_speeds(dataset: str, jobs: Dict[str, List[str]], steps: int) -> Dict[str, float]:

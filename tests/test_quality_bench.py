@@ -59,6 +59,34 @@ def test_quick_study_writes_its_results_and_figures(tmp_path):
     assert run.returncode != 0 and "repeats seed(s) ['0']" in run.stderr
 
 
+def test_a_study_rerun_in_its_runs_folder_continues_without_retraining(tmp_path):
+    """An interrupted study loses no training: given the same --runs-dir, finished runs are reused, an
+    unfinished one resumes from its newest checkpoint (exactly: the same numbers), and the measured
+    speeds are kept so both runs train to the same steps."""
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--quick", "--runs-dir", str(runs)]
+    first = subprocess.run([*command, "--out-dir", str(tmp_path / "first")], capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (runs / "speeds.json").is_file()
+    # flow matching killed after an earlier checkpoint: its newest checkpoint and summary gone
+    checkpoints = sorted((runs / "flow_matching-0" / "checkpoints").glob("step-*.pt"))
+    assert len(checkpoints) >= 2
+    checkpoints[-1].unlink()
+    (runs / "flow_matching-0" / "summary.json").unlink()
+    imm_log = (runs / "imm-0" / "log.jsonl").read_text()
+    second = subprocess.run([*command, "--out-dir", str(tmp_path / "second")], capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    before, after = (json.loads(next((tmp_path / name).glob("quality-digits-*.json")).read_text())
+                     for name in ("first", "second"))
+    assert after["steps_per_s"] == before["steps_per_s"] and after["steps"] == before["steps"]
+    assert after["runs"]["0"]["imm"]["reused"] and "reused" not in after["runs"]["0"]["flow_matching"]
+    assert (runs / "imm-0" / "log.jsonl").read_text() == imm_log
+    assert checkpoints[-1].is_file()
+    assert after["seeds"] == before["seeds"]
+
+
 def test_quick_ablation_trains_every_variant_for_the_same_steps_and_draws_the_bars(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--ablation", "particles", "--quick",
                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
