@@ -54,6 +54,17 @@ def test_matches_reference(dtype, batch, tokens, heads, dim, seed):
         torch.testing.assert_close(a, b, **ONE_STEP[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [64, 128])
+def test_the_unrolled_head_widths_match_the_reference(dtype, dim):
+    """The common head widths take the kernels' compile-time-width loops (every dtype, forward and
+    backward, a token count that is no multiple of the threads)."""
+    qkv, qw, kw, cotangents = _inputs(3, 7, 2, dim, dtype, 4)
+    got = value_and_grads_on("cpu", _fused(2), (qkv, qw, kw), cotangents)
+    for a, b in zip(got, _exact(qkv, qw, kw, cotangents, 2)):
+        torch.testing.assert_close(a, b, **ONE_STEP[dtype])
+
+
 def test_matches_torch_rms_norm_on_the_strided_views():
     """What the DiT did before the fused op: torch's rms_norm on q and k split from the projection."""
     qkv, qw, kw, cotangents = _inputs(2, 33, 6, 64, torch.float32, 1)
@@ -68,9 +79,10 @@ def test_matches_torch_rms_norm_on_the_strided_views():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rows_whose_squares_overflow_stay_finite(dtype):
+@pytest.mark.parametrize("dim", [16, 64])
+def test_rows_whose_squares_overflow_stay_finite(dtype, dim):
     """Rows near the top of the float range: a finite rstd from the scaled row, as for the block's norms."""
-    qkv, qw, kw, cotangents = _inputs(2, 5, 2, 16, torch.float64, 2)
+    qkv, qw, kw, cotangents = _inputs(2, 5, 2, dim, torch.float64, 2)
     qkv[0, :2] *= 1e37
     got = value_and_grads_on("cpu", _fused(2), (qkv.to(dtype), qw.to(dtype), kw.to(dtype)),
                              tuple(c.to(dtype) for c in cotangents))

@@ -1,12 +1,13 @@
-// CPU kernels of qk-norm (math and layout in common/qk_norm.h): OpenMP threads take rows (forward)
-// or chunks of rows (backward, one partial sum of grad_w per chunk); a row of head_dim values is
-// read once into the accumulation type, its loops vectorised with omp simd.
+// CPU kernels of qk-norm (math and layout in common/qk_norm.h): OpenMP threads take tokens (forward)
+// or chunks of rows (backward, one partial sum of grad_w per chunk); a row's loops over its head_dim
+// values are vectorised with omp simd.
 //
 // CMake builds this file once per instruction set, in namespace imm::cpu::<IMM_CPU_ISA>.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../common/qk_norm.h"
@@ -45,55 +46,106 @@ struct RowCursor {
   }
 };
 
-// The row at `source` widened into `row`; returns its rstd.
-template <class In, class T>
-T load_row(const In* source, int64_t D, T eps, T* row) {
+// The rstd of the row at `source` (D values, each read into the accumulation type; a second pass
+// over the row reads it from L1).
+template <class In, class T = acc_t<In>>
+T row_rstd(const In* source, int64_t D, T eps) {
   T squares = T(0);
 #pragma omp simd reduction(+ : squares)
   for (int64_t c = 0; c < D; ++c) {
-    row[c] = load(source, c);
-    squares += row[c] * row[c];
+    const T x = load(source, c);
+    squares += x * x;
   }
   if (is_finite(squares)) return inverse_std(squares, D, eps);
   T largest = T(0);  // the squares overflowed, or the row holds inf or NaN
-  for (int64_t c = 0; c < D; ++c) largest = std::max(largest, std::fabs(row[c]));
+  for (int64_t c = 0; c < D; ++c) largest = std::max(largest, std::fabs(static_cast<T>(load(source, c))));
   if (!is_finite(largest)) return inverse_std(squares, D, eps);
   const T s = statistics_scale(largest);
   T scaled = T(0);
 #pragma omp simd reduction(+ : scaled)
-  for (int64_t c = 0; c < D; ++c) scaled += (s * row[c]) * (s * row[c]);
+  for (int64_t c = 0; c < D; ++c) {
+    const T x = s * load(source, c);
+    scaled += x * x;
+  }
   return scaled_rstd(scaled, D, eps, s);
 }
 
-// Rows [first, last) of part p; a thread's share of the forward.
-template <class In>
-void forward_rows(const QkNormShape& shape, acc_t<In> eps, const In* qkv, const In* weight, In* out,
-                  acc_t<In>* stats, int p, int64_t first, int64_t last, acc_t<In>* row) {
-  using T = acc_t<In>;
-  const int64_t D = shape.head_dim;
-  for (RowCursor at(shape, p, first); at.n < last; at.next()) {
-    const T rstd = load_row(qkv + at.input_offset(), D, eps, row);
-    In* target = out + at.output_offset();
-#pragma omp simd
-    for (int64_t c = 0; c < D; ++c) store(target, c, normalized(row[c], T(0), rstd) * load(weight, c));
-    stats[p * shape.rows() + at.output_row()] = rstd;
+// f(std::integral_constant<int, kD>{}): kD is head_dim where it is a common width, so that the row
+// loops unroll into whole vectors, and 0 (read the shape's) otherwise.
+template <class F>
+void with_head_dim(int64_t head_dim, F&& f) {
+  switch (head_dim) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 0>{});
   }
 }
 
+// Part p of every head of token t of sample b.
+template <int kD, class In>
+void forward_token(const QkNormShape& shape, acc_t<In> eps, const In* qkv, const In* weight, In* out,
+                   acc_t<In>* stats, int p, int64_t b, int64_t t) {
+  using T = acc_t<In>;
+  const int64_t D = kD > 0 ? kD : shape.head_dim;
+  for (int64_t h = 0; h < shape.heads; ++h) {
+    const QkRow r{b, t, h};
+    const In* source = qkv + shape.input_offset(p, r);
+    const T rstd = row_rstd(source, D, eps);
+    const int64_t row = shape.output_row(r);
+    In* target = out + row * D;
+#pragma omp simd
+    for (int64_t c = 0; c < D; ++c) store(target, c, normalized(static_cast<T>(load(source, c)), T(0), rstd) * load(weight, c));
+    stats[p * shape.rows() + row] = rstd;
+  }
+}
+
+// The threads share q's tokens, then k's, in qkv's order.
 template <class In>
 void forward(QkNormShape shape, acc_t<In> eps, const In* qkv, const In* q_weight, const In* k_weight, In* out_q,
              In* out_k, acc_t<In>* stats, int threads) {
+  const int64_t tokens = shape.batch * shape.tokens;
+#pragma omp parallel num_threads(threads_for(2 * shape.rows(), threads))
+  for (int p = 0; p < 2; ++p) {
+    const int count = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t first = tokens * me / count, last = tokens * (me + 1) / count;
+    with_head_dim(shape.head_dim, [&](auto head_dim) {
+      for (int64_t bt = first; bt < last; ++bt)
+        forward_token<decltype(head_dim)::value>(shape, eps, qkv, p == 0 ? q_weight : k_weight,
+                                                 p == 0 ? out_q : out_k, stats, p, bt / shape.tokens, bt % shape.tokens);
+    });
+  }
+}
+
+// Rows [first, last) of part p: their grad_qkv rows (and v's zero rows), and their sum of g * xhat
+// into `partial`; row and dxhat are a thread's buffers of head_dim values.
+template <int kD, class In>
+void backward_chunk(const QkNormShape& shape, int p, int64_t first, int64_t last, const In* grad, const In* qkv,
+                    const In* weight, const acc_t<In>* stats, In* grad_qkv, acc_t<In>* partial, acc_t<In>* row,
+                    acc_t<In>* dxhat) {
   using T = acc_t<In>;
-  const int64_t rows = shape.rows(), blocks = 2 * ((rows + kRowsPerThread - 1) / kRowsPerThread);
-#pragma omp parallel num_threads(threads_for(2 * rows, threads))
-  {
-    std::vector<T> row(shape.head_dim);
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int p = static_cast<int>(block / (blocks / 2));
-      const int64_t first = (block % (blocks / 2)) * kRowsPerThread;
-      forward_rows(shape, eps, qkv, p == 0 ? q_weight : k_weight, p == 0 ? out_q : out_k, stats, p, first,
-                   std::min(rows, first + kRowsPerThread), row.data());
+  const int64_t D = kD > 0 ? kD : shape.head_dim;
+  std::fill(partial, partial + D, T(0));
+  for (RowCursor at(shape, p, first); at.n < last; at.next()) {
+    const T rstd = stats[p * shape.rows() + at.output_row()];
+    const In* source = qkv + at.input_offset();
+    const In* g = grad + at.output_offset();
+    T sum_dxhat_xhat = T(0);
+#pragma omp simd reduction(+ : sum_dxhat_xhat)
+    for (int64_t c = 0; c < D; ++c) {
+      const T gc = load(g, c);
+      row[c] = normalized(static_cast<T>(load(source, c)), T(0), rstd);  // xhat
+      dxhat[c] = gc * load(weight, c);
+      sum_dxhat_xhat += dxhat[c] * row[c];
+      partial[c] += gc * row[c];
+    }
+    const T mean_dxhat_xhat = sum_dxhat_xhat / static_cast<T>(D);
+    In* target = grad_qkv + at.input_offset();
+#pragma omp simd
+    for (int64_t c = 0; c < D; ++c) store(target, c, norm_input_grad(dxhat[c], row[c], rstd, T(0), mean_dxhat_xhat));
+    if (p == 0) {  // the v row of the same (b, t, h): zero
+      In* v_row = target + 2 * shape.heads * D;
+#pragma omp simd
+      for (int64_t c = 0; c < D; ++c) store(v_row, c, T(0));
     }
   }
 }
@@ -107,41 +159,16 @@ void backward(QkNormShape shape, int64_t chunk_rows, const In* grad_q, const In*
 #pragma omp parallel num_threads(threads_for(2 * rows, threads))
   {
     std::vector<T> buffers(2 * D);
-    T* row = buffers.data();
-    T* dxhat = row + D;
+    with_head_dim(D, [&](auto head_dim) {
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < 2 * chunks; ++item) {
-      const int p = static_cast<int>(item / chunks);
-      const int64_t first = (item % chunks) * chunk_rows, last = std::min(rows, first + chunk_rows);
-      const In* weight = p == 0 ? q_weight : k_weight;
-      const In* grad = p == 0 ? grad_q : grad_k;
-      T* partial = partials + item * D;
-      std::fill(partial, partial + D, T(0));
-      for (RowCursor at(shape, p, first); at.n < last; at.next()) {
-        const T rstd = stats[p * rows + at.output_row()];
-        const In* source = qkv + at.input_offset();
-        const In* g = grad + at.output_offset();
-        T sum_dxhat_xhat = T(0);
-#pragma omp simd reduction(+ : sum_dxhat_xhat)
-        for (int64_t c = 0; c < D; ++c) {
-          const T gc = load(g, c);
-          row[c] = normalized(static_cast<T>(load(source, c)), T(0), rstd);  // xhat
-          dxhat[c] = gc * load(weight, c);
-          sum_dxhat_xhat += dxhat[c] * row[c];
-          partial[c] += gc * row[c];
-        }
-        const T mean_dxhat_xhat = sum_dxhat_xhat / static_cast<T>(D);
-        In* target = grad_qkv + at.input_offset();
-#pragma omp simd
-        for (int64_t c = 0; c < D; ++c)
-          store(target, c, norm_input_grad(dxhat[c], row[c], rstd, T(0), mean_dxhat_xhat));
-        if (p == 0) {  // the v row of the same (b, t, h): zero
-          In* v_row = grad_qkv + at.input_offset() + 2 * shape.heads * D;
-#pragma omp simd
-          for (int64_t c = 0; c < D; ++c) store(v_row, c, T(0));
-        }
+      for (int64_t item = 0; item < 2 * chunks; ++item) {
+        const int p = static_cast<int>(item / chunks);
+        const int64_t first = (item % chunks) * chunk_rows;
+        backward_chunk<decltype(head_dim)::value>(shape, p, first, std::min(rows, first + chunk_rows),
+                                                  p == 0 ? grad_q : grad_k, qkv, p == 0 ? q_weight : k_weight, stats,
+                                                  grad_qkv, partials + item * D, buffers.data(), buffers.data() + D);
       }
-    }
+    });
   }
 }
 
