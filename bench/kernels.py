@@ -4,8 +4,12 @@ Section "mmd": `imm_ext.mmd_loss` against PyTorch and GeomLoss/KeOps formulation
 For each case (IMM's per-group MMD on pixel and latent shapes, and large point sets) and each method
 it measures, for the forward (under torch.no_grad) and for forward + backward (loss.backward() from
 fresh leaf tensors, gradients reset between calls):
-  * the median wall time in ms of repeated calls, after two untimed calls: a warm-up (which
-    includes any compilation: torch.compile, KeOps) and one that measures memory;
+  * the median wall time in ms of calls timed in interleaved rounds (one call of every method and
+    mode per round, in every section), after two untimed calls of each: a warm-up (which includes
+    any compilation: torch.compile, KeOps) and one that measures memory. Interleaving gives every
+    method the same load on a shared machine and the same allocator state (glibc's thresholds rise
+    with the largest block freed so far, so a method timed alone first pays page faults that the
+    ones after it do not);
   * the ratio imm_ext time / this row's time (imm_ext row: imm_ext / best baseline, marked *);
   * "peak extra MB", during that untimed memory call: on CPU the peak growth of the process's
     anonymous resident memory (/proc/self/statm resident - shared, sampled every ms in a background
@@ -22,9 +26,7 @@ bfloat16, and 1024 tokens) time loss = sum(attention(q, k, v) * w) with methods 
 (torch.nn.functional.scaled_dot_product_attention restricted to one backend), eager
 (softmax(q k^T / sqrt(Dh)) v) and compile (torch.compile of eager); each row adds its GFLOP/s, and a
 "matmul limit" row gives the FLOPs at the rate torch.matmul reaches on the case's own Q K^T product.
-After each method's warm-up and memory calls, the attention calls (and the matmul) are timed in
-interleaved rounds, one call of each per round, so that load changes on a shared machine reach
-every method alike.
+The matmul of the limit row is timed in the same rounds as the attention calls.
 Methods that need too much memory are skipped with a note. In sets-100k each method is first timed
 at N = M = 10,000, and a baseline predicted (by N*M scaling) to exceed --max-call-s per call is
 skipped. A method that fails is reported with its error and the run goes on.
@@ -263,6 +265,39 @@ def rounds(calls: dict, device: str, timing: Timing) -> dict:
     return time_in_rounds(calls, device, timing.max_reps, timing.budget_s)
 
 
+def prepared_calls(result: MethodResult, workloads: Callable[[str], tuple], device: str,
+                   warm_up: bool = True) -> dict:
+    """{mode: (call, reset)} of one method, workloads(mode) giving each, after each mode's untimed
+    warm-up and memory calls (their measurements set on result, times to come from interleaved
+    rounds); a mode that fails is noted on result, never fatal. The warm-up keeps one-time work out
+    of the memory call and the timed ones: compilation (torch.compile, KeOps) and lazy imports (the
+    first call of a torch.library custom op imports torch._dynamo: ~70 MB of Python objects);
+    warm_up=False where a probe has done it."""
+    calls = {}
+    for mode in ("forward", "forward_backward"):
+        try:
+            call, reset = workloads(mode)
+            reset()
+            warmup_s = timed(call, device) if warm_up else None
+            reset()
+            peak_mb, value = memory_call(call, device)
+            setattr(result, mode, Measurement(float("nan"), float("nan"), 0, warmup_s, peak_mb, value))
+            calls[mode] = (call, reset)
+        except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
+            result.notes.append(f"{mode}: {error_note(error)}")
+    return calls
+
+
+def set_round_times(results: list, medians: dict) -> None:
+    """Each result's times from rounds() over {(method, mode): call}."""
+    for result in results:
+        for mode in ("forward", "forward_backward"):
+            if (result.method, mode) in medians:
+                times = medians[(result.method, mode)]
+                measured = getattr(result, mode)
+                measured.ms, measured.worst_ms, measured.reps = times.median_ms, times.worst_ms, times.count
+
+
 def rss_bytes() -> int:
     """Resident anonymous memory (statm resident - shared): file-backed pages, such as library code
     touched for the first time, are left out."""
@@ -331,21 +366,6 @@ def workload(loss: Callable[..., torch.Tensor], inputs: tuple, mode: str):
     return call, reset
 
 
-def measure(call: Callable[[], object], reset: Callable[[], None], device: str, timing: Timing,
-            warm_up: bool) -> Measurement:
-    """warm_up: first make one untimed call, so that neither the memory call nor the timed calls
-    include one-time work: compilation (torch.compile, KeOps) and lazy imports (the first call of
-    a torch.library custom op imports torch._dynamo: ~70 MB of Python objects)."""
-    warmup_s = None
-    if warm_up:
-        reset()
-        warmup_s = timed(call, device)
-    reset()
-    peak_mb, value = memory_call(call, device)
-    times = rounds({"call": (call, reset)}, device, timing)["call"]
-    return Measurement(times.median_ms, times.worst_ms, times.count, warmup_s, peak_mb, value)
-
-
 def probe_call_s(loss: Loss, case: Case, device: str) -> float:
     """Seconds of one forward + backward at N = M = case.probe_n, scaled by N*M to the full case.
     Its untimed first calls build the code of both modes (the warm-up of the full-size runs)."""
@@ -358,7 +378,9 @@ def probe_call_s(loss: Loss, case: Case, device: str) -> float:
     return timed(call, device) * (case.n * case.m) / case.probe_n**2
 
 
-def run_method(method: str, case: Case, device: str, timing: Timing, max_call_s: float) -> MethodResult:
+def prepare_method(method: str, case: Case, device: str, max_call_s: float) -> tuple:
+    """(result, {mode: (call, reset)}) of one MMD method after its untimed warm-up (or probe) and
+    memory calls; a skipped or failing method has no calls."""
     result = MethodResult(method)
     try:
         x, y, options = make_inputs(case, device)
@@ -370,19 +392,24 @@ def run_method(method: str, case: Case, device: str, timing: Timing, max_call_s:
                            f"{case.probe_n:,}, scaled by N*M) > --max-call-s {max_call_s:g}")
     except Skip as skip:
         result.notes.append(str(skip))
-        return result
+        return result, {}
     except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
         result.notes.append(error_note(error))
-        return result
-    for mode in ("forward", "forward_backward"):
-        try:
-            warm_up = not case.probe_n  # a probe has already warmed the method up
-            setattr(result, mode, measure(*workload(loss, (x, y), mode), device, timing, warm_up))
-        except Exception as error:  # noqa: BLE001
-            result.notes.append(f"{mode}: {error_note(error)}")
+        return result, {}
+    calls = prepared_calls(result, lambda mode: workload(loss, (x, y), mode), device, warm_up=not case.probe_n)
     if method in COMPILING_METHODS:
         note_first_calls(result)
-    return result
+    return result, calls
+
+
+def run_mmd_case(case: Case, device: str, timing: Timing, max_call_s: float) -> list:
+    """Every method of one MMD case, timed in interleaved rounds (one call of every method and mode per
+    round) after each one's warm-up and memory calls."""
+    prepared = [prepare_method(method, case, device, max_call_s) for method in METHODS]
+    calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
+    results = [result for result, _ in prepared]
+    set_round_times(results, rounds(calls, device, timing))
+    return results
 
 
 def note_first_calls(result: MethodResult) -> None:
@@ -536,19 +563,17 @@ def outputs_differ(fn, reference, inputs) -> Optional[str]:
 
 
 def run_block(op: str, case: BlockCase, device: str, timing: Timing) -> list:
+    """Every method of one op, each after its warm-up and memory calls, timed in interleaved rounds
+    (one call of every method and mode per round): all meet the same allocator state, whichever
+    comes first (glibc's thresholds rise with the largest block freed so far)."""
     inputs, cotangents, eager, fused = block_problem(op, case, device)
     torch._dynamo.reset()
     methods = {"imm_ext": fused, "eager": eager, "compile": torch.compile(eager, dynamic=False)}
-    results = []
+    results, calls = [], {}
     for method in BLOCK_METHODS:
-        result = MethodResult(method)
-        fn = methods[method]
-        for mode in ("forward", "forward_backward"):
-            try:
-                call, reset = block_workload(fn, inputs, cotangents, mode)
-                setattr(result, mode, measure(call, reset, device, timing, warm_up=True))
-            except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
-                result.notes.append(f"{mode}: {error_note(error)}")
+        result, fn = MethodResult(method), methods[method]
+        prepared = prepared_calls(result, lambda mode: block_workload(fn, inputs, cotangents, mode), device)
+        calls.update({(method, mode): call for mode, call in prepared.items()})
         if method != "imm_ext" and result.forward:
             note = outputs_differ(fn, fused, inputs)
             if note:
@@ -556,6 +581,7 @@ def run_block(op: str, case: BlockCase, device: str, timing: Timing) -> list:
         if method in COMPILING_METHODS:
             note_first_calls(result)
         results.append(result)
+    set_round_times(results, rounds(calls, device, timing))
     return results
 
 
@@ -643,25 +669,15 @@ ATTENTION_BUILDERS = {
 
 def prepare_attention_method(method: str, case: AttentionCase, device: str) -> tuple:
     """(result, {mode: (call, reset)}) of one method after its untimed warm-up and memory calls."""
-    result, calls = MethodResult(method), {}
+    result = MethodResult(method)
     try:
         inputs, weight = make_attention_inputs(case, device)
         attend = ATTENTION_BUILDERS[method](case)
     except Skip as skip:
         result.notes.append(str(skip))
-        return result, calls
+        return result, {}
     loss = lambda q, k, v: (attend(q, k, v) * weight).sum()
-    for mode in ("forward", "forward_backward"):
-        try:
-            call, reset = workload(loss, inputs, mode)
-            reset()
-            warmup_s = timed(call, device)
-            reset()
-            peak_mb, value = memory_call(call, device)
-            setattr(result, mode, Measurement(float("nan"), float("nan"), 0, warmup_s, peak_mb, value))
-            calls[mode] = (call, reset)
-        except Exception as error:  # noqa: BLE001 - a failing method is reported, never fatal
-            result.notes.append(f"{mode}: {error_note(error)}")
+    calls = prepared_calls(result, lambda mode: workload(loss, inputs, mode), device)
     if method == "compile" and result.forward and result.forward_backward:
         result.notes.append(f"first call fwd / fwd+bwd {result.forward.warmup_s:.1f} s / "
                             f"{result.forward_backward.warmup_s:.1f} s (not timed; includes compilation)")
@@ -734,12 +750,7 @@ def run_attention_case(case: AttentionCase, device: str, timing: Timing) -> dict
     calls[("matmul", "limit")] = (matmul_call(case, device), lambda: None)
     medians = rounds(calls, device, timing)
     results = [result for result, _ in prepared]
-    for result in results:
-        for mode in ("forward", "forward_backward"):
-            if (result.method, mode) in medians:
-                times = medians[(result.method, mode)]
-                measured = getattr(result, mode)
-                measured.ms, measured.worst_ms, measured.reps = times.median_ms, times.worst_ms, times.count
+    set_round_times(results, medians)
     check_attention_agreement(case, results)
     limit = matmul_limit(case, medians[("matmul", "limit")].median_ms)
     print("\n" + format_attention_table(case, results, limit), flush=True)
@@ -796,8 +807,8 @@ def format_table(case: Case, results: list, limit: Optional[dict]) -> str:
                      "fwd+bwd: 2 reads of x, y + 1 write of grad x |")
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline, fastest non-imm_ext method); copy limit row: "
-              "imm_ext time / memory-traffic limit. ms = median of repeated calls after untimed "
-              "warm-up and memory calls."]
+              "imm_ext time / memory-traffic limit. ms = median of calls timed in interleaved rounds "
+              "(one call of every method per round) after untimed warm-up and memory calls."]
     return "\n".join(lines)
 
 
@@ -815,7 +826,9 @@ def format_block_table(case: BlockCase, per_op: dict) -> str:
             lines.append("| " + " | ".join(cells + ["; ".join(result.notes)]) + " |")
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline). eager = PyTorch as DiT writes it; compile = "
-              "torch.compile of eager. fwd+bwd: backward of every output with fixed cotangents."]
+              "torch.compile of eager. fwd+bwd: backward of every output with fixed cotangents. ms = median "
+              "of calls timed in interleaved rounds (one call of every method per round) after untimed "
+              "warm-up and memory calls."]
     return "\n".join(lines)
 
 
@@ -881,7 +894,7 @@ def main(argv=None) -> None:
         if isinstance(case, AttentionCase):
             report["cases"].append(run_attention_case(case, args.device, timing))
             continue
-        results = [run_method(method, case, args.device, timing, args.max_call_s) for method in METHODS]
+        results = run_mmd_case(case, args.device, timing, args.max_call_s)
         check_agreement(results)
         limit = copy_limit(case, args.device, timing) if case.imm else None
         print("\n" + format_table(case, results, limit), flush=True)
