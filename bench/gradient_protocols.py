@@ -5,7 +5,10 @@ The same call can cost very different times depending on what happens to the gra
                  gradient buffer, which the allocator may have to map and the kernel fault in page by page;
     accumulated  x.grad kept between calls (gradient accumulation): the new gradient is added into it;
     after eager  fresh, after a large temporary was allocated and freed (an eager op's scratch in between),
-                 which changes what the allocator holds when the gradient is allocated.
+                 which changes what the allocator holds when the gradient is allocated;
+    through a layer  x is a layer's output (x = z * w + b per feature, w and b the layer's parameters, z = x's
+                 values), as in a training step: x's gradient is autograd's own new intermediate on every
+                 call, never a leaf's .grad, and flows on into w and b (the layer's cost is in both methods).
 Every (protocol, method) pair is timed in the same interleaved rounds (harness.py), so load changes reach all
 alike; each call's minor page faults (getrusage) are counted beside its time.
 """
@@ -19,7 +22,7 @@ import torch
 
 from harness import time_in_rounds
 
-PROTOCOLS = ("fresh", "accumulated", "after eager")
+PROTOCOLS = ("fresh", "accumulated", "after eager", "through a layer")
 
 
 def minor_faults() -> int:
@@ -28,17 +31,26 @@ def minor_faults() -> int:
 
 def protocol_calls(loss: Callable, leaves: Sequence[torch.Tensor], protocol: str, scratch_bytes: int,
                    faults: list) -> tuple:
-    """(call, reset) of loss(*leaves).backward() under one protocol; each call appends its page faults."""
+    """(call, reset) of loss(*leaves).backward() under one protocol (through a layer: loss(layer(z),
+    *leaves[1:]) with z the first leaf's values); each call appends its page faults."""
+    if protocol == "through a layer":
+        z, rest = leaves[0].detach(), leaves[1:]
+        weight = torch.ones(z.shape[-1], dtype=z.dtype, device=z.device, requires_grad=True)
+        bias = torch.zeros_like(weight, requires_grad=True)
+        inputs, parameters = lambda: (z * weight + bias, *rest), [weight, bias, *rest]
+    else:
+        inputs, parameters = lambda: leaves, leaves
+
     def reset():
         if protocol != "accumulated":
-            for leaf in leaves:
-                leaf.grad = None
+            for parameter in parameters:
+                parameter.grad = None
         if protocol == "after eager":
             torch.empty(scratch_bytes, dtype=torch.uint8).fill_(0)  # allocated, touched and freed
 
     def call():
         before = minor_faults()
-        loss(*leaves).backward()
+        loss(*inputs()).backward()
         faults.append(minor_faults() - before)
     return call, reset
 
@@ -77,5 +89,6 @@ def format_protocols(title: str, results: Dict[str, Dict[str, dict]], ours: str,
                      f"{a['worst_ms'] / b['worst_ms']:.2f} | {a['median_ms'] / limit_ms:.2f} | "
                      f"{a['faults_per_call']:.0f} / {b['faults_per_call']:.0f} |")
     lines += ["", f"ratio = {ours} / {baseline} (< 1: {ours} is faster), of the medians and of the worst calls; "
-              "limit = the copy limit of forward + backward above."]
+              "limit = the copy limit of forward + backward above (of the MMD alone: the layer's own traffic is "
+              "not in it)."]
     return "\n".join(lines)

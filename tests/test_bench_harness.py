@@ -59,6 +59,25 @@ def test_gradient_protocols_reset_or_keep_the_gradient_as_named():
         leaves[0].grad = None
 
 
+def test_through_a_layer_the_loss_sees_an_intermediate_with_the_leafs_values():
+    import torch
+    import gradient_protocols
+
+    leaf = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
+    seen = []
+
+    def loss(x):
+        seen.append(x)
+        return (x * x).sum()
+
+    call, reset = gradient_protocols.protocol_calls(loss, [leaf], "through a layer", 64, [])
+    for _ in range(2):
+        reset()
+        call()
+    assert all(not x.is_leaf and x.grad_fn is not None and torch.equal(x, leaf.detach()) for x in seen)
+    assert seen[0] is not seen[1] and leaf.grad is None  # a new intermediate each call; the leaf untouched
+
+
 def test_gradient_protocols_time_every_pair_and_count_faults():
     import torch
     import gradient_protocols
