@@ -288,14 +288,21 @@ def prepared_calls(result: MethodResult, workloads: Callable[[str], tuple], devi
     return calls
 
 
-def set_round_times(results: list, medians: dict) -> None:
-    """Each result's times from rounds() over {(method, mode): call}."""
-    for result in results:
-        for mode in ("forward", "forward_backward"):
-            if (result.method, mode) in medians:
-                times = medians[(result.method, mode)]
-                measured = getattr(result, mode)
-                measured.ms, measured.worst_ms, measured.reps = times.median_ms, times.worst_ms, times.count
+def time_prepared(prepared: list, device: str, timing: Timing, extra: Optional[dict] = None) -> dict:
+    """Times [(result, {mode: (call, reset)})] from prepared_calls, and any `extra` calls {key: (call,
+    reset)}, in the same interleaved rounds; sets each result's times and returns every call's."""
+    calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
+    times = rounds({**calls, **(extra or {})}, device, timing)
+    for result, method_calls in prepared:
+        for mode in method_calls:
+            measured, timed_mode = getattr(result, mode), times[(result.method, mode)]
+            measured.ms, measured.worst_ms, measured.reps = timed_mode.median_ms, timed_mode.worst_ms, timed_mode.count
+    return times
+
+
+# The tables' note on how their times were taken.
+ROUNDS_NOTE = ("ms = median of calls timed in interleaved rounds (one call of every method per round) after "
+               "untimed warm-up and memory calls.")
 
 
 def rss_bytes() -> int:
@@ -406,10 +413,8 @@ def run_mmd_case(case: Case, device: str, timing: Timing, max_call_s: float) -> 
     """Every method of one MMD case, timed in interleaved rounds (one call of every method and mode per
     round) after each one's warm-up and memory calls."""
     prepared = [prepare_method(method, case, device, max_call_s) for method in METHODS]
-    calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
-    results = [result for result, _ in prepared]
-    set_round_times(results, rounds(calls, device, timing))
-    return results
+    time_prepared(prepared, device, timing)
+    return [result for result, _ in prepared]
 
 
 def note_first_calls(result: MethodResult) -> None:
@@ -569,20 +574,19 @@ def run_block(op: str, case: BlockCase, device: str, timing: Timing) -> list:
     inputs, cotangents, eager, fused = block_problem(op, case, device)
     torch._dynamo.reset()
     methods = {"imm_ext": fused, "eager": eager, "compile": torch.compile(eager, dynamic=False)}
-    results, calls = [], {}
+    prepared = []
     for method in BLOCK_METHODS:
         result, fn = MethodResult(method), methods[method]
-        prepared = prepared_calls(result, lambda mode: block_workload(fn, inputs, cotangents, mode), device)
-        calls.update({(method, mode): call for mode, call in prepared.items()})
+        prepared.append((result, prepared_calls(result, lambda mode: block_workload(fn, inputs, cotangents, mode),
+                                                device)))
         if method != "imm_ext" and result.forward:
             note = outputs_differ(fn, fused, inputs)
             if note:
                 result.notes.append(note)
         if method in COMPILING_METHODS:
             note_first_calls(result)
-        results.append(result)
-    set_round_times(results, rounds(calls, device, timing))
-    return results
+    time_prepared(prepared, device, timing)
+    return [result for result, _ in prepared]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,18 +743,14 @@ def format_attention_table(case: AttentionCase, results: list, limit: dict) -> s
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline); matmul limit row: imm_ext time / the FLOPs at "
               "torch.matmul's rate. Loss = sum(attention(q, k, v) * w); fwd under no_grad (imm_ext keeps "
-              "no log-sum-exp there). ms = median of calls timed in interleaved rounds (one call of every "
-              "method per round) after untimed warm-up and memory calls."]
+              "no log-sum-exp there). " + ROUNDS_NOTE]
     return "\n".join(lines)
 
 
 def run_attention_case(case: AttentionCase, device: str, timing: Timing) -> dict:
     prepared = [prepare_attention_method(method, case, device) for method in ATTENTION_METHODS]
-    calls = {(result.method, mode): call for result, method_calls in prepared for mode, call in method_calls.items()}
-    calls[("matmul", "limit")] = (matmul_call(case, device), lambda: None)
-    medians = rounds(calls, device, timing)
+    medians = time_prepared(prepared, device, timing, {("matmul", "limit"): (matmul_call(case, device), lambda: None)})
     results = [result for result, _ in prepared]
-    set_round_times(results, medians)
     check_attention_agreement(case, results)
     limit = matmul_limit(case, medians[("matmul", "limit")].median_ms)
     print("\n" + format_attention_table(case, results, limit), flush=True)
@@ -807,8 +807,7 @@ def format_table(case: Case, results: list, limit: Optional[dict]) -> str:
                      "fwd+bwd: 2 reads of x, y + 1 write of grad x |")
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline, fastest non-imm_ext method); copy limit row: "
-              "imm_ext time / memory-traffic limit. ms = median of calls timed in interleaved rounds "
-              "(one call of every method per round) after untimed warm-up and memory calls."]
+              "imm_ext time / memory-traffic limit. " + ROUNDS_NOTE]
     return "\n".join(lines)
 
 
@@ -826,9 +825,7 @@ def format_block_table(case: BlockCase, per_op: dict) -> str:
             lines.append("| " + " | ".join(cells + ["; ".join(result.notes)]) + " |")
     lines += ["", "ratio = imm_ext time / this row's time (< 1: imm_ext is faster); imm_ext row: imm_ext "
               "time / best baseline (* = best baseline). eager = PyTorch as DiT writes it; compile = "
-              "torch.compile of eager. fwd+bwd: backward of every output with fixed cotangents. ms = median "
-              "of calls timed in interleaved rounds (one call of every method per round) after untimed "
-              "warm-up and memory calls."]
+              "torch.compile of eager. fwd+bwd: backward of every output with fixed cotangents. " + ROUNDS_NOTE]
     return "\n".join(lines)
 
 

@@ -84,17 +84,21 @@ def finished_run(command: List[str], run_dir: Path) -> bool:
     return resolved == (run_dir / "config.yaml").read_text()
 
 
+SPEEDS_FILE = "speeds.json"  # in a study's runs folder: {"steps_per_s": ...}, as in a results JSON
+
+
 def remembered_speeds(runs_dir) -> Optional[Path]:
-    """The speeds file a study kept in its runs folder (speeds.json: {"steps_per_s": ...}), if any: a
-    rerun in the same folder trains to the same steps."""
-    path = None if runs_dir is None else Path(runs_dir) / "speeds.json"
-    return path if path is not None and path.is_file() else None
+    """The speeds file a study kept in its runs folder, if any: a rerun in the same folder trains to the
+    same steps."""
+    if runs_dir is None or not (Path(runs_dir) / SPEEDS_FILE).is_file():
+        return None
+    return Path(runs_dir) / SPEEDS_FILE
 
 
 def remember_speeds(runs_dir, speeds: Dict[str, float]) -> None:
     if runs_dir is not None:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
-        (Path(runs_dir) / "speeds.json").write_text(json.dumps({"steps_per_s": speeds}, indent=1) + "\n")
+        (Path(runs_dir) / SPEEDS_FILE).write_text(json.dumps({"steps_per_s": speeds}, indent=1) + "\n")
 
 
 def measure_speeds(dataset: str, jobs: Dict[str, List[str]], steps: int) -> Dict[str, float]:
