@@ -163,3 +163,24 @@ def test_the_backward_reads_the_distances_the_forward_kept(dtype):
     assert pairwise_ops.mmd_block_sums(x[..., :64], y[..., :64], h, "laplace", 1.0, 1e-8)[1].numel() == 0
     many = random_sets(1, 40, 40, 300, seed=4, dtype=dtype)
     assert pairwise_ops.mmd_block_sums(*many, h[:1], "laplace", 1.0, 1e-8)[1].numel() == 0
+
+
+@pytest.mark.parametrize("dtype,d", [(torch.float32, 2048), (torch.float64, 1024), (torch.float32, 2051)])
+def test_a_gradient_too_large_for_the_caches_equals_the_one_computed_in_small_pieces(dtype, d):
+    # From 32 MiB on, the wide layout writes the gradient with streamed stores (past the caches);
+    # groups are independent, so the gradient of the summed loss over all groups must equal, bit for
+    # bit, the gradients of eighths of them, each small enough for ordinary stores. D = 2051 leaves
+    # the rows unaligned: ordinary stores at the large size.
+    g = 1024
+    x, y = random_sets(g, 4, 4, d, seed=d, dtype=dtype)
+    bandwidth = torch.rand(g, dtype=dtype) * 50 + 1
+    options = dict(kernel="laplace", distance_scale="dim", reduction="sum")
+    whole = x.clone().requires_grad_()
+    imm_ext.mmd_loss(whole, y, bandwidth=bandwidth, **options).backward()
+    assert whole.grad.numel() * whole.grad.element_size() >= 32 << 20
+    pieces = []
+    for part in torch.arange(g).chunk(8):
+        piece = x[part].clone().requires_grad_()
+        imm_ext.mmd_loss(piece, y[part], bandwidth=bandwidth[part], **options).backward()
+        pieces.append(piece.grad)
+    assert torch.equal(whole.grad, torch.cat(pieces))

@@ -36,6 +36,9 @@ constexpr int kNarrowMaxDim = 64;
 constexpr int R = 4;             // rows sharing each column load (both layouts)
 constexpr int kWideCols = 4;     // columns per distance sweep (wide layout)
 constexpr int64_t kPanelChunk = 8;  // panels whose phi is kept while the gradient is accumulated
+// Wide gradients at least this large (bytes) bypass the caches as they are written: they could not
+// stay in a last-level cache share anyway, and a cached store first reads every line it fills.
+constexpr double kStreamBytes = 32.0 * (1 << 20);
 
 template <class In, KernelKind K_>
 class PairRunner {
@@ -45,6 +48,9 @@ class PairRunner {
   PairRunner(const PairTask& task, int threads) : task_(task), threads_(threads > 1 ? threads : 1) {
     const int64_t min_cols = std::min<int64_t>(task.sets[0].n, task.num_sets > 1 ? task.sets[1].n : task.sets[0].n);
     narrow_ = task.dim <= kNarrowMaxDim && min_cols >= 16;
+    const double out_bytes = static_cast<double>(task.groups) * task.n_rows * task.dim * sizeof(In);
+    stream_gradient_ = !narrow_ && task.mode == PairMode::Gradient && std::is_same_v<In, T> &&
+                       out_bytes >= kStreamBytes;
     if (narrow_ && task.distances != nullptr)
       throw std::invalid_argument("pair_task: kept distances need the wide layout (D > 64)");
     const int num = task.num_bandwidths;
@@ -249,7 +255,12 @@ class PairRunner {
           phi_total[r] += phi;
         }
     In* out[R];
-    for (int r = 0; r < R; ++r) out[r] = static_cast<In*>(task_.out) + (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+    bool aligned = true;
+    for (int r = 0; r < R; ++r) {
+      out[r] = static_cast<In*>(task_.out) + (g * task_.n_rows + i0 + (r < rows ? r : 0)) * D;
+      aligned = aligned && reinterpret_cast<std::uintptr_t>(out[r]) % SV::bytes == 0;
+    }
+    const bool stream = aligned && stream_gradient_;
     auto sweep = [&](int64_t d, auto zero) {  // one SIMD vector (V) or one element (T) of every output row
       using W = decltype(zero);
       auto load_w = [](const T* ptr) {
@@ -266,7 +277,7 @@ class PairRunner {
         if constexpr (std::is_same_v<W, T>) {
           store(out[r], d, acc[r]);
         } else if constexpr (std::is_same_v<In, T>) {
-          SV::store(out[r] + d, acc[r]);
+          if (stream) SV::stream(out[r] + d, acc[r]); else SV::store(out[r] + d, acc[r]);
         } else {
           for (int l = 0; l < L; ++l) store(out[r], d + l, acc[r][l]);
         }
@@ -335,6 +346,7 @@ class PairRunner {
 
   void wide_rows(int64_t g, int64_t i0, int64_t i1, T* scratch) {
     for (int64_t i = i0; i < i1; i += R) wide_block(g, i, static_cast<int>(std::min<int64_t>(R, i1 - i)), scratch);
+    if (stream_gradient_) fence_streams();
   }
 
   // Columns of all sets, and the staged rows' share of a thread's scratch (rounded to whole SIMD
@@ -479,6 +491,7 @@ class PairRunner {
   const PairTask& task_;
   int threads_;
   bool narrow_ = false;
+  bool stream_gradient_ = false;  // the wide gradient's rows written with streamed stores
   Buffer<T> inverse_bandwidth_;  // (G, K), and the distance scale per group: see bandwidth_prescale
   Buffer<T> distance_scale_;
   Buffer<T> staged_[2];

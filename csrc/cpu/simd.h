@@ -2,9 +2,13 @@
 // IMM_CPU_VECTOR_BYTES is set per build by cmake/ImmExtCpuKernels.cmake (16, 32 or 64).
 #pragma once
 
-#include <cstring>
-
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #ifndef IMM_CPU_VECTOR_BYTES
 #error "IMM_CPU_VECTOR_BYTES must be defined by the build"
@@ -25,6 +29,25 @@ struct Simd {
     return v;
   }
   static void store(S* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  // A store that bypasses the caches, so the line it fills is not first read from memory: for outputs
+  // far larger than the caches. p must be aligned to `bytes`; other threads see the values after
+  // fence_streams().
+  static void stream(S* p, V v) {
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+      constexpr bool single = std::is_same_v<S, float>;
+#if IMM_CPU_VECTOR_BYTES == 64
+      if constexpr (single) _mm512_stream_ps(p, (__m512)v); else _mm512_stream_pd(p, (__m512d)v);
+#elif IMM_CPU_VECTOR_BYTES == 32
+      if constexpr (single) _mm256_stream_ps(p, (__m256)v); else _mm256_stream_pd(p, (__m256d)v);
+#else
+      if constexpr (single) _mm_stream_ps(p, (__m128)v); else _mm_stream_pd(p, (__m128d)v);
+#endif
+      return;
+    }
+#endif
+    store(p, v);
+  }
   static V zero() { return V{}; }
   // Every lane equal to s, as one broadcast (or an FMA's embedded broadcast): s - (+0) is exactly s
   // for every s (-0 and NaN included), so the compiler drops the subtraction. splat() of
@@ -57,5 +80,13 @@ struct Simd {
     return index < count ? v : zero();
   }
 };
+
+// Orders this thread's streamed stores (Simd::stream) before its later stores, such as the release
+// of an OpenMP barrier.
+inline void fence_streams() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
 
 }  // namespace imm::cpu::IMM_CPU_ISA
