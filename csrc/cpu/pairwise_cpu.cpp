@@ -182,48 +182,35 @@ class PairRunner {
 
     // Pass 1: s2[r * columns + c], c running over the sets' columns in order (a gradient
     // whose row sums kept them reads them instead). Where a set is the rows themselves (x against
-    // x), the tile of the block's own rows takes its pairs above the diagonal only.
+    // x), the tile of the block's own rows takes its pairs above the diagonal only, in the same sweep
+    // over D as the next tile of columns (x against y's first columns), so that the block's rows
+    // come from memory once for both.
     const bool tail = i0 >= task_.n_rows;
     const void* row_set = tail ? task_.tail_rows : task_.rows;
     const int64_t own_j0 = tail ? i0 - task_.n_rows : i0;
     T* s2 = scratch + wide_rows_size();
     if (!read_kept_distances(g, i0, rows, s2)) {
+      T* own = nullptr;  // the own tile's place in s2, until a tile of columns takes it along
       for (int64_t s = first_set, c0 = 0; s < task_.num_sets; c0 += task_.sets[s].n, ++s) {
         const int64_t n = task_.sets[s].n;
         const bool rows_set = task_.sets[s].data == row_set;
         for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
           const int cols = static_cast<int>(std::min<int64_t>(kWideCols, n - j0));
           if (rows_set && j0 == own_j0 && rows == R && cols == R) {
-            own_tile(a, s2 + c0 + j0, columns);
+            own = s2 + c0 + j0;
             continue;
           }
           const T* b[kWideCols];
           for (int c = 0; c < kWideCols; ++c) b[c] = column(s, j0 + (c < cols ? c : 0));
-          V acc[R][kWideCols];
-          for (int r = 0; r < R; ++r)
-            for (int c = 0; c < kWideCols; ++c) acc[r][c] = SV::zero();
-          for (int64_t d = 0; d < D_vec; d += L) {
-            V bv[kWideCols];
-            for (int c = 0; c < kWideCols; ++c) bv[c] = SV::load(b[c] + d);
-            for (int r = 0; r < R; ++r) {
-              const V av = SV::load(a[r] + d);
-              for (int c = 0; c < kWideCols; ++c) {
-                const V diff = av - bv[c];
-                acc[r][c] += diff * diff;
-              }
-            }
+          if (own != nullptr) {
+            tile_sweep<true>(a, b, cols, own, s2 + c0 + j0, columns);
+            own = nullptr;
+          } else {
+            tile_sweep<false>(a, b, cols, nullptr, s2 + c0 + j0, columns);
           }
-          for (int r = 0; r < R; ++r)
-            for (int c = 0; c < cols; ++c) {
-              T total = SV::sum(acc[r][c]);
-              for (int64_t d = D_vec; d < D; ++d) {
-                const T diff = a[r][d] - b[c][d];
-                total += diff * diff;
-              }
-              s2[r * columns + c0 + j0 + c] = total;
-            }
         }
       }
+      if (own != nullptr) own_tile(a, own, columns);
       keep_distances(g, i0, rows, s2);
     }
 
@@ -287,28 +274,77 @@ class PairRunner {
     for (int64_t d = D_vec; d < D; ++d) sweep(d, T(0));
   }
 
-  // The squared distances among a block's own R rows (a tile of the rows' own set): the pairs above
-  // the diagonal in one sweep over D, mirrored, and zero on it. The same sums in the same order as
-  // the full tile's ((a - b)^2 = (b - a)^2 exactly), for under half of its work.
-  void own_tile(const T* const (&a)[R], T* s2, int64_t columns) const {
-    static_assert(kWideCols == R, "the block's own tile is square");
+  // The squared distances of a block's R rows to a tile of `cols` columns b (cross[r * columns + c]),
+  // and with Own those among the rows themselves too (own, see own_tile), in one sweep over D.
+  template <bool Own>
+  void tile_sweep(const T* const (&a)[R], const T* const (&b)[kWideCols], int cols, T* own, T* cross,
+                  int64_t columns) const {
     using SV = Simd<T>;
     using V = typename SV::V;
     constexpr int64_t L = SV::lanes;
-    constexpr int kPairs = R * (R - 1) / 2;
     const int64_t D = task_.dim;
     const int64_t D_vec = D - D % L;
-    V acc[kPairs];
-    for (int k = 0; k < kPairs; ++k) acc[k] = SV::zero();
+    V own_acc[kOwnPairs];
+    V acc[R][kWideCols];
+    for (int k = 0; k < kOwnPairs; ++k) own_acc[k] = SV::zero();
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kWideCols; ++c) acc[r][c] = SV::zero();
+    for (int64_t d = 0; d < D_vec; d += L) {
+      V av[R], bv[kWideCols];
+      for (int r = 0; r < R; ++r) av[r] = SV::load(a[r] + d);
+      for (int c = 0; c < kWideCols; ++c) bv[c] = SV::load(b[c] + d);
+      if constexpr (Own) own_pairs(av, own_acc);
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kWideCols; ++c) {
+          const V diff = av[r] - bv[c];
+          acc[r][c] += diff * diff;
+        }
+    }
+    if constexpr (Own) store_own(a, own_acc, own, columns);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < cols; ++c) {
+        T total = SV::sum(acc[r][c]);
+        for (int64_t d = D_vec; d < D; ++d) {
+          const T diff = a[r][d] - b[c][d];
+          total += diff * diff;
+        }
+        cross[r * columns + c] = total;
+      }
+  }
+
+  // The squared distances among a block's own R rows (a tile of the rows' own set): the pairs above
+  // the diagonal in one sweep over D, mirrored, and zero on it. The same sums in the same order as
+  // the full tile's ((a - b)^2 = (b - a)^2 exactly), for under half of its work.
+  static constexpr int kOwnPairs = R * (R - 1) / 2;
+  static_assert(kWideCols == R, "the block's own tile is square");
+
+  void own_tile(const T* const (&a)[R], T* s2, int64_t columns) const {
+    using SV = Simd<T>;
+    using V = typename SV::V;
+    constexpr int64_t L = SV::lanes;
+    const int64_t D_vec = task_.dim - task_.dim % L;
+    V acc[kOwnPairs];
+    for (int k = 0; k < kOwnPairs; ++k) acc[k] = SV::zero();
     for (int64_t d = 0; d < D_vec; d += L) {
       V av[R];
       for (int r = 0; r < R; ++r) av[r] = SV::load(a[r] + d);
-      for (int r = 0, k = 0; r < R; ++r)
-        for (int c = r + 1; c < R; ++c, ++k) {
-          const V diff = av[r] - av[c];
-          acc[k] += diff * diff;
-        }
+      own_pairs(av, acc);
     }
+    store_own(a, acc, s2, columns);
+  }
+
+  static void own_pairs(const typename Simd<T>::V (&av)[R], typename Simd<T>::V (&acc)[kOwnPairs]) {
+    for (int r = 0, k = 0; r < R; ++r)
+      for (int c = r + 1; c < R; ++c, ++k) {
+        const auto diff = av[r] - av[c];
+        acc[k] += diff * diff;
+      }
+  }
+
+  void store_own(const T* const (&a)[R], const typename Simd<T>::V (&acc)[kOwnPairs], T* s2, int64_t columns) const {
+    using SV = Simd<T>;
+    const int64_t D = task_.dim;
+    const int64_t D_vec = D - D % SV::lanes;
     for (int r = 0, k = 0; r < R; ++r) {
       s2[r * columns + r] = T(0);
       for (int c = r + 1; c < R; ++c, ++k) {
