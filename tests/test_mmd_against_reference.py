@@ -184,3 +184,15 @@ def test_a_gradient_too_large_for_the_caches_equals_the_one_computed_in_small_pi
         imm_ext.mmd_loss(piece, y[part], bandwidth=bandwidth[part], **options).backward()
         pieces.append(piece.grad)
     assert torch.equal(whole.grad, torch.cat(pieces))
+
+
+@pytest.mark.parametrize("d", [3, 300])
+def test_a_set_against_itself_after_another_call(d):
+    # y is x itself, so both of the block's sets are its own rows; a call on other points first leaves
+    # its distances in the kernel's scratch, which must not leak into this one.
+    other_x, other_y = random_sets(2, 4, 4, d, seed=1)
+    imm_ext.mmd_loss(other_x, other_y + 3.0)
+    x, _ = random_sets(2, 4, 4, d, seed=2)
+    for kernel in KERNELS:
+        value = imm_ext.mmd_loss(x, x, kernel=kernel, eps=0.0 if kernel == "energy" else 1e-8)
+        torch.testing.assert_close(value, mmd_loss_reference(x, x, kernel=kernel), rtol=0, atol=1e-12)

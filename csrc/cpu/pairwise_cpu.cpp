@@ -197,6 +197,7 @@ class PairRunner {
         for (int64_t j0 = 0; j0 < n; j0 += kWideCols) {
           const int cols = static_cast<int>(std::min<int64_t>(kWideCols, n - j0));
           if (rows_set && j0 == own_j0 && rows == R && cols == R) {
+            if (own != nullptr) own_tile(a, own, columns);  // y is x itself: a second own tile
             own = s2 + c0 + j0;
             continue;
           }
