@@ -17,10 +17,11 @@ so every branch computes something) and their outputs are checked against stock.
 median and the worst wall time of repeated calls after two warm-up calls (which include compilation),
 the variants of one setting, mode and execution timed round-robin (so that load changes on a shared
 machine hit all alike), and the speedups over stock in the same execution mode (eager or compile). A
-profile of the whole model's eager training step, stock's and imm_ext's (torch.profiler, self CPU time
-per op), splits it into matrix multiplies (mm / addmm / bmm / convolution), attention (ops named
-*attention*, softmax) and the rest: the same matrix multiplies run on both sides, so they bound the
-speedup that fusing the rest can bring. Results are printed as markdown and written as JSON (every call's time, the machine and its
+profile of the whole model's training step, stock's and imm_ext's, eager and compiled (torch.profiler,
+self CPU time per op), splits it into matrix multiplies (mm / addmm / bmm / convolution), attention (ops
+named *attention*, softmax) and the rest: the same matrix multiplies run on both sides, so they bound the
+speedup that fusing the rest can bring (the "ceiling": stock's median step over imm_ext's with only its
+matrix multiplies' and attention's share of the profile left). Results are printed as markdown and written as JSON (every call's time, the machine and its
 load average) to bench/results/models-<device>-<timestamp>.json.
 
     python bench/models.py [--device cpu|cuda] [--batch 8,32] [--precision float32,bf16] [--reps 5]
@@ -173,11 +174,11 @@ def main():
                                      worst_ms=times.worst_ms, calls_ms=times.calls_ms))
                     print(f"  {case:5s} b{batch:<3d} {precision:8s} {mode:30s} {variant:12s} {execution:7s} "
                           f"{times.median_ms:9.1f} ms (worst {times.worst_ms:.1f})", flush=True)
-        if case == "dit":  # where the step's time goes, stock's beside imm_ext's: the matmuls bound the speedup
-            for variant in ("stock", "imm_ext"):
-                if variant in modules:
-                    step = runners(modules[variant], inputs, grad_input, precision, device)["train step (fresh grads)"]
-                    profiles[f"{variant}, {case} batch {batch} {precision}"] = profile_breakdown(step, device)
+            if case == "dit":  # where the step's time goes, stock's beside imm_ext's: the matmuls bound the speedup
+                for variant in ("stock", "imm_ext"):
+                    if variant in calls:
+                        profiles[(f"{case} batch {batch} {precision}", execution, variant)] = profile_breakdown(
+                            calls[variant]["train step (fresh grads)"], device)
 
     print("\n| case | batch | precision | mode | variant | execution | median ms | worst ms | speedup vs stock "
           "(median) | (worst) |\n|---|---:|---|---|---|---|---:|---:|---:|---:|")
@@ -192,19 +193,42 @@ def main():
     print("\nagreement with stock in the same execution mode (forward, max |difference|): "
           + ", ".join(f"{c['case']}/b{c['batch']}/{c['precision']}/{c['variant']}/{c['execution']} "
                       f"{c['max_abs_diff_vs_stock']:.1e}" for c in checks))
-    for name, (totals, top) in profiles.items():
+    for (setting, execution, variant), (totals, top) in profiles.items():
         total = sum(totals.values())
-        print(f"\nprofile of the eager training step ({name}), self time {total:.0f} ms: "
+        print(f"\nprofile of the {execution} training step ({variant}, {setting}), self time {total:.0f} ms: "
               + ", ".join(f"{k} {v:.0f} ms ({100 * v / total:.0f}%)" for k, v in totals.items()))
         print("top ops: " + ", ".join(f"{op} {ms:.0f} ms" for op, ms in top))
+    fresh = {(f"{r['case']} batch {r['batch']} {r['precision']}", r["execution"], r["variant"]): r["ms"]
+             for r in rows if r["mode"] == "train step (fresh grads)"}
+    ceilings = {f"{execution}, {setting}": ceiling
+                for (setting, execution), ceiling in speedup_ceilings(profiles, fresh).items()}
+    for name, ceiling in ceilings.items():
+        print(f"ceiling of the speedup ({name}, fresh gradients): {ceiling:.2f}x, stock's step "
+              f"over imm_ext's matrix multiplies and attention alone (everything else taking no time)")
     machine["load_average_at_end"] = load_average()
     RESULTS_DIR.mkdir(exist_ok=True)
     out = args.out or RESULTS_DIR / f"models-{args.device}-{datetime.now():%Y%m%d-%H%M%S}.json"
-    profiles = {name: dict(totals=totals, top_ops=top) for name, (totals, top) in profiles.items()}
+    profiles = {f"{variant}, {execution}, {setting}": dict(totals=totals, top_ops=top)
+                for (setting, execution, variant), (totals, top) in profiles.items()}
     report = dict(machine=machine, args={k: str(v) for k, v in vars(args).items()}, rows=rows, agreement=checks,
-                  profiles=profiles)
+                  profiles=profiles, speedup_ceilings=ceilings)
     out.write_text(json.dumps(report, indent=1))
     print(f"\nwritten to {out}")
+
+
+def speedup_ceilings(profiles: dict, medians: dict) -> dict:
+    """(setting, execution) -> the speedup over stock that fusing the rest could reach at most, both sides
+    running the same matrix multiplies: stock's median step (fresh gradients) over imm_ext's median step
+    scaled by the share of matrix multiplies and attention in imm_ext's profile. medians: {(setting,
+    execution, variant): ms}. The shares, not a single profiled step's times, which swing more."""
+    ceilings = {}
+    for (setting, execution, variant), (totals, _) in profiles.items():
+        if variant != "imm_ext" or (setting, execution, "stock") not in medians:
+            continue
+        share = (totals["matmul"] + totals["attention"]) / sum(totals.values())
+        ceilings[(setting, execution)] = (medians[setting, execution, "stock"]
+                                          / (medians[setting, execution, "imm_ext"] * share))
+    return ceilings
 
 
 def chosen(text: str, known, what: str) -> list:

@@ -30,3 +30,19 @@ def test_models_bench_refuses_an_unknown_mode():
     done = subprocess.run([sys.executable, "models.py", "--modes", "backward"], cwd=ROOT / "bench",
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown mode backward" in done.stderr
+
+
+def test_the_speedup_ceiling_is_stocks_step_over_imm_exts_matmul_and_attention_share_of_its_own():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from models import speedup_ceilings
+
+    def profile(matmul, attention, rest):
+        return {"matmul": matmul, "attention": attention, "rest": rest}, []
+
+    setting = "dit batch 8 float32"
+    profiles = {(setting, "eager", "stock"): profile(700.0, 150.0, 150.0),
+                (setting, "eager", "imm_ext"): profile(690.0, 110.0, 200.0),  # 80% matmul and attention
+                (setting, "compile", "imm_ext"): profile(700.0, 150.0, 50.0)}  # no stock median: no ceiling
+    medians = {(setting, "eager", "stock"): 1200.0, (setting, "eager", "imm_ext"): 1000.0,
+               (setting, "compile", "imm_ext"): 900.0}
+    assert speedup_ceilings(profiles, medians) == {(setting, "eager"): 1200.0 / 800.0}
