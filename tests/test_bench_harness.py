@@ -86,9 +86,31 @@ def test_gradient_protocols_time_every_pair_and_count_faults():
     results = gradient_protocols.time_protocols(losses, lambda: [torch.randn(64, requires_grad=True)], "cpu",
                                                 max_rounds=3, budget_s=float("inf"), scratch_bytes=1024)
     assert list(results) == list(gradient_protocols.PROTOCOLS)
-    for methods in results.values():
-        assert set(methods) == {"a", "b"}
+    for protocol, methods in results.items():
+        assert set(methods) == {"a", "b", *(["layer alone"] if protocol == "through a layer" else [])}
         assert all(m["count"] == 3 and m["faults_per_call"] >= 0 for m in methods.values())
         assert all(len(m["calls_ms"]) == len(m["faults"]) == 3 for m in methods.values())
     table = gradient_protocols.format_protocols("t", results, "a", "b", limit_ms=1.0)
-    assert table.count("\n| ") == 1 + len(gradient_protocols.PROTOCOLS)
+    assert table.count("\n| ") == 2 + len(gradient_protocols.PROTOCOLS)
+    layer = results["through a layer"]
+    own = [layer[m]["median_ms"] - layer["layer alone"]["median_ms"] for m in ("a", "b")]
+    assert f"| through a layer, less the layer alone ({layer['layer alone']['median_ms']:.1f} ms) | " \
+           f"{own[0]:.1f} / - | {own[1]:.1f} / - |" in table
+
+
+def test_the_layer_alone_runs_the_layers_forward_and_backward_into_its_parameters():
+    import torch
+    import gradient_protocols
+
+    leaf = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
+    layer, (weight, bias) = gradient_protocols.affine_layer(leaf)
+    upstream = torch.tensor([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]])
+    out = layer()
+    out.backward(upstream)
+    assert torch.equal(out, leaf.detach()) and leaf.grad is None
+    assert torch.equal(weight.grad, (upstream * leaf.detach()).sum(0)) and torch.equal(bias.grad, upstream.sum(0))
+    call, reset = gradient_protocols.layer_alone_calls(leaf, faults := [])
+    for _ in range(2):
+        reset()
+        call()
+    assert len(faults) == 2 and leaf.grad is None
