@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("--speeds", type=Path, help="reuse the measured speeds of an earlier results JSON")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--runs-dir", type=Path, help="train in this folder and keep the runs, their checkpoints and "
-                                                    "the measured speeds (default: a temporary folder); the same "
-                                                    "command given it again continues an interrupted study "
-                                                    "without retraining what finished")
+                                                    "scores and the measured speeds (default: a temporary folder); "
+                                                    "the same command given it again continues an interrupted "
+                                                    "study without retraining or rescoring what finished")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override the dataset's preset in every run (repeatable)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="RESULTS",

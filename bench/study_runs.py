@@ -4,6 +4,7 @@ at every sampler step count."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -116,7 +117,25 @@ def measure_speeds(dataset: str, jobs: Dict[str, List[str]], steps: int) -> Dict
 
 
 def score(checkpoint: Path, method: str, samples: int) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{sampler: {steps: metrics}} of one checkpoint, EMA weights."""
+    """{sampler: {steps: metrics}} of one checkpoint, EMA weights, kept in <run>/scores/: a study given
+    its runs folder again (stopped while scoring, which takes longer than training for flow matching's
+    many-step samplers) reads the scores of a checkpoint it has already scored, the same file to the byte
+    (its SHA-256), instead of sampling again."""
+    kept = checkpoint.parent.parent / "scores" / f"{checkpoint.stem}-{method}-{samples}.json"
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    if kept.is_file():
+        stored = json.loads(kept.read_text())
+        if stored["checkpoint_sha256"] == digest:
+            return stored["scores"]
+    scores = _sample_and_score(checkpoint, method, samples)
+    kept.parent.mkdir(exist_ok=True)
+    partial = kept.with_suffix(".partial")
+    partial.write_text(json.dumps({"checkpoint_sha256": digest, "scores": scores}, indent=1))
+    partial.replace(kept)
+    return scores
+
+
+def _sample_and_score(checkpoint: Path, method: str, samples: int) -> Dict[str, Dict[str, Dict[str, float]]]:
     model, config, info, _ = load_trained_model(checkpoint, use_ema=True)
     config = replace(config, eval=replace(config.eval, num_samples=samples))  # as many real samples as generated
     metrics = Metrics(info, real_samples(config, info), config.eval.feature_net, seed=config.eval.seed)

@@ -2,6 +2,7 @@
 interest at every sampler step count, and writes the results JSON (every number, each run's config and
 times, the machine) and its figures; with --ablation, a variant set's JSON, table and bar figure. No
 quality threshold is asserted: the smoke runs train for seconds."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -75,6 +76,15 @@ def test_a_study_rerun_in_its_runs_folder_continues_without_retraining(tmp_path)
     checkpoints[-1].unlink()
     (runs / "flow_matching-0" / "summary.json").unlink()
     imm_log = (runs / "imm-0" / "log.jsonl").read_text()
+    imm_scores = {path: path.read_text() for path in (runs / "imm-0" / "scores").glob("*.json")}
+    assert len(imm_scores) == 2  # one per budget
+    for path in imm_scores:  # marked, so that a file read back (not rewritten) shows
+        stored = json.loads(path.read_text())
+        stored["scores"]["imm"]["1"]["marker"] = 1.0
+        path.write_text(json.dumps(stored))
+    fm_scores = runs / "flow_matching-0" / "scores" / f"{checkpoints[-1].stem}-flow_matching-200.json"
+    fm_before = json.loads(fm_scores.read_text())
+    fm_scores.write_text(json.dumps({"checkpoint_sha256": "0" * 64, "scores": {}}))  # of another checkpoint
     second = subprocess.run([*command, "--out-dir", str(tmp_path / "second")], capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -84,6 +94,13 @@ def test_a_study_rerun_in_its_runs_folder_continues_without_retraining(tmp_path)
     assert after["runs"]["0"]["imm"]["reused"] and "reused" not in after["runs"]["0"]["flow_matching"]
     assert (runs / "imm-0" / "log.jsonl").read_text() == imm_log
     assert checkpoints[-1].is_file()
+    # IMM's scores read back from its run folder; flow matching's, kept for other bytes, scored again
+    assert all(after["seeds"]["0"][budget]["imm"]["imm"]["1"]["marker"] == 1.0 for budget in after["seeds"]["0"])
+    rescored = json.loads(fm_scores.read_text())
+    assert rescored["checkpoint_sha256"] == hashlib.sha256(checkpoints[-1].read_bytes()).hexdigest()
+    assert rescored["scores"] == fm_before["scores"]
+    for budget in after["seeds"]["0"].values():
+        budget["imm"]["imm"]["1"].pop("marker")
     assert after["seeds"] == before["seeds"]
 
 
