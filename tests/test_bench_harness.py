@@ -90,12 +90,17 @@ def test_gradient_protocols_time_every_pair_and_count_faults():
         assert set(methods) == {"a", "b", *(["layer alone"] if protocol == "through a layer" else [])}
         assert all(m["count"] == 3 and m["faults_per_call"] >= 0 for m in methods.values())
         assert all(len(m["calls_ms"]) == len(m["faults"]) == 3 for m in methods.values())
-    table = gradient_protocols.format_protocols("t", results, "a", "b", limit_ms=1.0)
+    limits = {protocol: 1.0 + i for i, protocol in enumerate(gradient_protocols.PROTOCOLS)}
+    table = gradient_protocols.format_protocols("t", results, "a", "b", limits)
     assert table.count("\n| ") == 2 + len(gradient_protocols.PROTOCOLS)
     layer = results["through a layer"]
     own = [layer[m]["median_ms"] - layer["layer alone"]["median_ms"] for m in ("a", "b")]
     assert f"| through a layer, less the layer alone ({layer['layer alone']['median_ms']:.1f} ms) | " \
-           f"{own[0]:.1f} / - | {own[1]:.1f} / - |" in table
+           f"{own[0]:.1f} / - | {own[1]:.1f} / - | {own[0] / own[1]:.2f} / - | " \
+           f"{own[0] / limits['through a layer']:.2f} | - |" in table
+    accumulated = results["accumulated"]["a"]["median_ms"] / limits["accumulated"]
+    assert next(line for line in table.splitlines() if line.startswith("| accumulated |")).split(" | ")[4] \
+        == f"{accumulated:.2f}"
 
 
 def test_the_layer_alone_runs_the_layers_forward_and_backward_into_its_parameters():
