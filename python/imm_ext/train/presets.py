@@ -71,7 +71,7 @@ def _fashion_mnist() -> TrainingConfig:
         model=ModelConfig(kind="unet", options={"model_channels": 16, "channel_mult": [1, 2, 2], "num_blocks": 1,
                                                 "attn_resolutions": [], "heads": 1, "dropout": 0.0}),
         # T = 0.999 and M = 2 (64 groups a batch of 128): against the paper's T = 0.994 and M = 4, at 10 and 30
-        # minutes, T = 0.999 took a quarter to a third off IMM's FD at every step count, and M = 2 beat M = 4
+        # minutes, T = 0.999 took a fifth to a third off IMM's FD at every step count, and M = 2 beat M = 4
         # at 30 minutes on both seeds (bench/results/ablation-noise-fashion-mnist-*, -particles-*).
         method=MethodConfig.from_preset(PRESETS["digits"], k=13, T=0.999, particles=2),
         optimizer=OptimizerConfig(name="adamw", lr=1e-3, warmup_steps=100, grad_clip=1.0),
