@@ -125,6 +125,7 @@ def format_protocols(title: str, results: Dict[str, Dict[str, dict]], ours: str,
                          f"{a_own / b_own:.2f} / - | {a_own / limits_ms[protocol]:.2f} | - |")
     lines += ["", f"ratio = {ours} / {baseline} (< 1: {ours} is faster), of the medians and of the worst calls; "
               "limit = the copy limit of forward + backward above (of the MMD alone: the layer's own traffic is "
-              "not in it), accumulated: with the sum into the kept gradient (both read, one written); \"less the layer alone\": the medians less the layer's own forward and backward, "
-              "timed in the same rounds."]
+              "not in it), accumulated: with the sum into the kept gradient (both read, one written); "
+              "\"less the layer alone\": the medians less the layer's own forward and backward, timed in the "
+              "same rounds."]
     return "\n".join(lines)

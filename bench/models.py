@@ -21,8 +21,9 @@ profile of the whole model's training step, stock's and imm_ext's, eager and com
 self CPU time per op), splits it into matrix multiplies (mm / addmm / bmm / convolution), attention (ops
 named *attention*, softmax) and the rest: the same matrix multiplies run on both sides, so they bound the
 speedup that fusing the rest can bring (the "ceiling": stock's median step over imm_ext's with only its
-matrix multiplies' and attention's share of the profile left). Results are printed as markdown and written as JSON (every call's time, the machine and its
-load average) to bench/results/models-<device>-<timestamp>.json.
+matrix multiplies' and attention's share of the profile left). Results are printed as markdown and
+written as JSON (every call's time, the machine and its load average) to
+bench/results/models-<device>-<timestamp>.json.
 
     python bench/models.py [--device cpu|cuda] [--batch 8,32] [--precision float32,bf16] [--reps 5]
                            [--cases block,dit] [--modes ...] [--variants stock,imm_ext] [--no-compile]

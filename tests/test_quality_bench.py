@@ -76,7 +76,7 @@ def test_a_study_rerun_in_its_runs_folder_continues_without_retraining(tmp_path)
     checkpoints[-1].unlink()
     (runs / "flow_matching-0" / "summary.json").unlink()
     imm_log = (runs / "imm-0" / "log.jsonl").read_text()
-    imm_scores = {path: path.read_text() for path in (runs / "imm-0" / "scores").glob("*.json")}
+    imm_scores = sorted((runs / "imm-0" / "scores").glob("*.json"))
     assert len(imm_scores) == 2  # one per budget
     for path in imm_scores:  # marked, so that a file read back (not rewritten) shows
         stored = json.loads(path.read_text())
