@@ -25,7 +25,9 @@ from typing import Dict, List
 
 from matplotlib.figure import Figure
 
+from imm_ext.train.config_io import apply_overrides
 from imm_ext.train.plots import save_figure
+from imm_ext.train.presets import get_preset
 from study_runs import (TUNED, measure_speeds, remember_speeds, remembered_speeds, score, train_together,
                         training_folder)
 
@@ -52,42 +54,68 @@ def network_variants(dataset: str, fm_best: List[str]) -> Dict[str, List[str]]:
             "IMM UNet": DIGITS_UNET, "FM UNet": [*fm_best, *DIGITS_UNET]}
 
 
+def _others(value, candidates) -> list:
+    """The candidates a variant set tries beside the preset's value: all but that value."""
+    return [c for c in candidates if c != value]
+
+
+def _beside(name: str, key: str, value: float, candidates) -> Dict[str, List[str]]:
+    """One variant per other candidate of a numeric setting: "name=c", overriding key with c."""
+    return {f"{name}={c:g}": [f"{key}={c:g}"] for c in _others(value, candidates)}
+
+
+def _rate(lr: float) -> str:
+    """A learning rate as the overrides write it: 1e-3, 2e-3, 1.5e-4."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def variant_sets(dataset: str) -> Dict[str, tuple]:
     """name -> (equal "steps" or equal "time", {variant: overrides}) for a dataset's preset; the first
     variant of each method is its preset (flow matching at its own best learning rate where it has one).
-    The labels name the digits preset's values."""
+    The labels name the values of this dataset's preset, and no variant repeats them."""
     fm_best = [*FM, *TUNED.get(dataset, {}).get("flow_matching", [])]
+    preset = get_preset(dataset)
+    method, lr, schedule = preset.method, preset.optimizer.lr, preset.optimizer.schedule
+    fm_lr = apply_overrides(preset, fm_best).optimizer.lr
     return {
         # Paper: M = 1 (the consistency-model case) trains worse or unstably; M > 1 better.
-        "particles": ("steps", {"M=4 (preset)": [], "M=1": ["method.particles=1"], "M=2": ["method.particles=2"],
-                                "M=8": ["method.particles=8"]}),
+        "particles": ("steps", {f"M={method.particles} (preset)": [],
+                                **_beside("M", "method.particles", method.particles, (1, 2, 4, 8))}),
         # r(s, t): a decrement of (T - eps) / 2^k in eta, t or lambda; larger k, a smaller gap t - r.
-        "mapping": ("steps", {"eta k=12 (preset)": [], "eta k=10": ["method.k=10"], "eta k=14": ["method.k=14"],
-                              "t k=12": ["method.mapping=t"], "lambda k=12": ["method.mapping=lambda"]}),
+        "mapping": ("steps", {f"{method.mapping} k={method.k} (preset)": [],
+                              **{f"{method.mapping} k={k}": [f"method.k={k}"] for k in (method.k - 2, method.k + 2)},
+                              **{f"{m} k={method.k}": [f"method.mapping={m}"]
+                                 for m in _others(method.mapping, ("eta", "t", "lambda"))}}),
         # Paper (Table 3): Laplace best, energy distance and RBF worse.
-        "kernel": ("steps", {"laplace (preset)": [], "gaussian": ["method.kernel=gaussian"],
-                             "energy": ["method.kernel=energy"]}),
+        "kernel": ("steps", {f"{method.kernel} (preset)": [],
+                             **{k: [f"method.kernel={k}"]
+                                for k in _others(method.kernel, ("laplace", "gaussian", "energy"))}}),
         # Paper (Table 4): w(s, t) with a = 1 and a tuned b beats no weighting.
-        "weighting": ("steps", {"a=1 b=5 (preset)": [], "a=2 b=5": ["method.a=2"], "a=1 b=2": ["method.b=2"],
+        "weighting": ("steps", {f"a={method.a:g} b={method.b:g} (preset)": [],
+                                **{f"a={a:g} b={method.b:g}": [f"method.a={a:g}"] for a in _others(method.a, (1, 2))},
+                                **{f"a={method.a:g} b={b:g}": [f"method.b={b:g}"] for b in _others(method.b, (2, 5))},
                                 "none": ["method.weighting=none"]}),
         # The decay over a longer run: twice the learning rate falling to a tenth, for either method.
-        "decay": ("steps", {"IMM lr 1e-3 constant (preset)": [], "FM lr 2e-3 constant (preset)": fm_best,
-                            "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE],
-                            "FM lr 4e-3 cosine": [*FM, "optimizer.lr=4e-3", *COSINE]}),
+        "decay": ("steps", {f"IMM lr {_rate(lr)} {schedule} (preset)": [],
+                            f"FM lr {_rate(fm_lr)} {schedule} (preset)": fm_best,
+                            f"IMM lr {_rate(2 * lr)} cosine": [f"optimizer.lr={_rate(2 * lr)}", *COSINE],
+                            f"FM lr {_rate(2 * fm_lr)} cosine": [*FM, f"optimizer.lr={_rate(2 * fm_lr)}", *COSINE]}),
         # The noise range: the smallest time eps_t and the largest T that training and sampling use.
-        "noise": ("steps", {"eps_t=0.006 T=0.994 (preset)": [], "eps_t=0": ["method.eps_t=0"],
-                            "eps_t=0.02": ["method.eps_t=0.02"], "T=0.98": ["method.T=0.98"],
-                            "T=0.999": ["method.T=0.999"]}),
+        "noise": ("steps", {f"eps_t={method.eps_t:g} T={method.T:g} (preset)": [],
+                            **_beside("eps_t", "method.eps_t", method.eps_t, (0, 0.006, 0.02)),
+                            **_beside("T", "method.T", method.T, (0.98, 0.994, 0.999))}),
         "network": ("time", network_variants(dataset, fm_best)),
         # The learning rate after warmup: constant (the paper's), or a cosine or linear fall to a tenth.
         "schedule": ("steps", {"IMM constant (preset)": [], "FM constant (preset)": fm_best,
                                "IMM cosine": COSINE, "FM cosine": [*fm_best, *COSINE],
                                "IMM linear": ["optimizer.schedule=linear", "optimizer.final_lr_fraction=0.1"],
-                               "IMM lr 2e-3 cosine": ["optimizer.lr=2e-3", *COSINE]}),
+                               f"IMM lr {_rate(2 * lr)} cosine": [f"optimizer.lr={_rate(2 * lr)}", *COSINE]}),
         # The search: both methods at equal wall time over learning rate, EMA, batch and network.
         "recipe": ("time", {
             "IMM (preset)": [], "FM (preset)": FM,
-            "IMM lr 2e-3": ["optimizer.lr=2e-3"], "FM lr 2e-3": [*FM, "optimizer.lr=2e-3"],
+            f"IMM lr {_rate(2 * lr)}": [f"optimizer.lr={_rate(2 * lr)}"],
+            f"FM lr {_rate(2 * lr)}": [*FM, f"optimizer.lr={_rate(2 * lr)}"],
             "IMM batch 256": ["train.batch_size=256"], "FM batch 256": [*FM, "train.batch_size=256"],
             "IMM width 96 depth 3": ["model.options.hidden_size=96", "model.options.depth=3"],
             "FM width 96 depth 3": [*FM, "model.options.hidden_size=96", "model.options.depth=3"],

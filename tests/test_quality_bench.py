@@ -177,3 +177,24 @@ def test_a_variant_subset_keeps_the_presets_and_the_network_set_fits_the_dataset
     assert ablation.chosen_variants(network, None) == network
     with pytest.raises(SystemExit, match="no variant imm-resnet"):
         ablation.chosen_variants(network, ["imm-resnet"])
+
+
+def test_variant_labels_name_the_datasets_own_preset_and_no_variant_repeats_it():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ablation
+    from imm_ext.train.config_io import apply_overrides
+
+    for dataset in ("digits", "fashion-mnist"):
+        preset = TRAINING_PRESETS[dataset]
+        sets = ablation.variant_sets(dataset)
+        method = preset.method
+        assert list(sets["particles"][1])[0] == f"M={method.particles} (preset)"
+        assert list(sets["noise"][1])[0] == f"eps_t={method.eps_t:g} T={method.T:g} (preset)"
+        assert list(sets["mapping"][1])[0] == f"{method.mapping} k={method.k} (preset)"
+        for name, (_, variants) in sets.items():
+            resolved = [apply_overrides(preset, overrides) for overrides in variants.values()]
+            assert len({repr(config) for config in resolved}) == len(resolved), (dataset, name)  # all differ
+    fashion = ablation.variant_sets("fashion-mnist")
+    assert "M=4" in fashion["particles"][1] and "M=2" not in fashion["particles"][1]
+    assert fashion["noise"][1]["T=0.994"] == ["method.T=0.994"] and "T=0.999" not in fashion["noise"][1]
+    assert ablation.variant_sets("digits")["decay"][1]["FM lr 4e-3 cosine"][1] == "optimizer.lr=4e-3"
