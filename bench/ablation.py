@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from imm_ext.train.config_io import apply_overrides
 from imm_ext.train.plots import save_figure
 from imm_ext.train.presets import get_preset
-from study_runs import (TUNED, measure_speeds, remember_speeds, remembered_speeds, score, train_together,
-                        training_folder)
+from study_runs import (TUNED, measure_speeds, recorded_path, remember_speeds, remembered_speeds, score,
+                        train_together, training_folder)
 
 FM = ["method.kind=flow_matching"]
 # A small DDPM++ UNet on 8x8 digits, 16 channels at 8x8 and 32 at 4x4, no attention (the fashion-mnist
@@ -49,7 +49,8 @@ def network_variants(dataset: str, fm_best: List[str]) -> Dict[str, List[str]]:
     # On digits: the preset's DiT on 4x4 patches (4 tokens of an 8x8 digit), on 2x2 patches (16 tokens:
     # dearer, so fewer steps), 4x4 patches wider in about the same time, and a small DDPM++ UNet.
     return {"IMM DiT patch 4 (preset)": [], "FM DiT patch 4 (preset)": fm_best,
-            "IMM DiT patch 2": ["model.options.patch_size=2"], "FM DiT patch 2": [*fm_best, "model.options.patch_size=2"],
+            "IMM DiT patch 2": ["model.options.patch_size=2"],
+            "FM DiT patch 2": [*fm_best, "model.options.patch_size=2"],
             "IMM DiT patch 4 width 128": ["model.options.hidden_size=128"],
             "IMM UNet": DIGITS_UNET, "FM UNet": [*fm_best, *DIGITS_UNET]}
 
@@ -175,7 +176,7 @@ def run_variant_set(name: str, dataset: str, budget: float, seeds: List[int], sa
                                                         "headline": headline(scores, method == "flow_matching")}
                     results["runs"][str(seed)][job] = run
     results["table"] = table(results)
-    results["figure"] = str(figure(results, Path(f"{out_stem}.png")))
+    results["figure"] = recorded_path(figure(results, Path(f"{out_stem}.png")))
     Path(f"{out_stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
 
@@ -198,7 +199,8 @@ def stored_speeds(stored: Dict[str, float], jobs: Dict[str, List[str]], mode: st
     if all(job in stored for job in jobs):
         return {job: stored[job] for job in jobs}
     if mode == "steps" and "imm" in stored:
-        return {job: stored["flow_matching" if is_flow_matching(overrides) else "imm"] for job, overrides in jobs.items()}
+        return {job: stored["flow_matching" if is_flow_matching(overrides) else "imm"]
+                for job, overrides in jobs.items()}
     missing = sorted(job for job in jobs if job not in stored)
     raise SystemExit(f"--speeds: the file has no speed for {', '.join(missing)} (equal-time variants need their own)")
 

@@ -44,7 +44,7 @@ from imm_ext.train.evaluation import generate, load_trained_model
 from imm_ext.train.plots import save_figure
 from ablation import SET_NAMES, run_variant_set
 from study_runs import (FM_STEPS, IMM_STEPS, METHODS, measure_speeds, method_overrides, network_evaluations,
-                        remember_speeds, remembered_speeds, score, train_together, training_folder)
+                        recorded_path, remember_speeds, remembered_speeds, score, train_together, training_folder)
 
 # ---------------------------------------------------------------------------------------------
 # Figures
@@ -60,7 +60,8 @@ def figure_fd_against_evaluations(results: dict, path: Path) -> Path:
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for colour, budget in zip(colours, results["budgets_s"]):
         key = str(budget)
-        for method, sampler, style, steps in (("imm", "imm", "-o", IMM_STEPS), ("flow_matching", "euler", "--s", FM_STEPS),
+        for method, sampler, style, steps in (("imm", "imm", "-o", IMM_STEPS),
+                                              ("flow_matching", "euler", "--s", FM_STEPS),
                                               ("flow_matching", "heun", ":^", FM_STEPS)):
             xs = [network_evaluations(sampler, s) for s in steps]
             ys = [_mean_fd(results, key, method, sampler, str(s)) for s in steps]
@@ -72,8 +73,8 @@ def figure_fd_against_evaluations(results: dict, path: Path) -> Path:
     axes.set_yscale("log")
     axes.set_xlabel("network evaluations per sample")
     axes.set_ylabel(f"FD ({results['dataset']} features)")
-    axes.set_title(f"{results['dataset']}: IMM vs flow matching at equal training time (mean of "
-                   f"{len(results['seeds'])} seed(s))")
+    axes.set_title(f"{results['dataset']}: IMM vs flow matching at equal training time\n"
+                   f"(mean of {len(results['seeds'])} seed(s))", fontsize=10)
     axes.legend(fontsize=7, ncol=2, frameon=False)
     return save_figure(figure, path)
 
@@ -96,7 +97,8 @@ def figure_fd_against_time(results: dict, path: Path) -> Path:
     axes.minorticks_off()
     axes.set_xlabel("training wall time per method (s, both running at once)")
     axes.set_ylabel("FD")
-    axes.set_title(f"{results['dataset']}: FD against training time ({len(results['seeds'])} seed(s), range as bars)")
+    axes.set_title(f"{results['dataset']}: FD against training time\n"
+                   f"({len(results['seeds'])} seed(s), range as bars)", fontsize=10)
     axes.legend(fontsize=8, frameon=False)
     return save_figure(figure, path)
 
@@ -210,9 +212,7 @@ def main(argv=None) -> int:
             results["seeds"][str(seed)] = per_budget
             if seed == seeds[0]:
                 first = {m: list_checkpoints(Path(runs[m]["run_dir"]) / "checkpoints")[-1] for m in METHODS}
-                config = Path(runs["imm"]["run_dir"]) / "config.yaml"
-                results["config"] = {"imm": config.read_text(),
-                                     "flow_matching": (Path(runs["flow_matching"]["run_dir"]) / "config.yaml").read_text()}
+                results["config"] = {m: (Path(runs[m]["run_dir"]) / "config.yaml").read_text() for m in METHODS}
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
                 arguments.out_dir.mkdir(parents=True, exist_ok=True)
                 stem = arguments.out_dir / f"quality-{arguments.dataset}-{stamp}"
@@ -221,15 +221,16 @@ def main(argv=None) -> int:
         last = any_seed[str(budgets[-1])]["imm"]["imm"]["1"]
         results["real_vs_real_fd"] = last.get("real_vs_real.fd", float("nan"))
     results["wall_s"] = time.perf_counter() - started
-    results["figures"] = {"samples": f"{stem}-samples.png"}
+    results["figures"] = {"samples": recorded_path(Path(f"{stem}-samples.png"))}
     write_results(results, stem)
     return 0
 
 
 def write_results(results: dict, stem: Path) -> None:
     """<stem>.json with the summary table, and the two FD figures next to it."""
-    results["figures"] = {"fd_vs_evaluations": str(figure_fd_against_evaluations(results, Path(f"{stem}-fd-vs-nfe.png"))),
-                          "fd_vs_time": str(figure_fd_against_time(results, Path(f"{stem}-fd-vs-time.png"))),
+    by_evaluations = figure_fd_against_evaluations(results, Path(f"{stem}-fd-vs-nfe.png"))
+    by_time = figure_fd_against_time(results, Path(f"{stem}-fd-vs-time.png"))
+    results["figures"] = {"fd_vs_evaluations": recorded_path(by_evaluations), "fd_vs_time": recorded_path(by_time),
                           "samples": results["figures"]["samples"]}
     results["table"] = summary_table(results)
     Path(f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -149,3 +149,15 @@ def _sample_and_score(checkpoint: Path, method: str, samples: int) -> Dict[str, 
 
 def network_evaluations(sampler: str, steps: int) -> int:
     return 2 * steps if sampler == "heun" else steps
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def recorded_path(path: Path) -> str:
+    """A written file's path as a results JSON records it: from the repository root when inside it, so a
+    committed JSON names its figures the same on every machine."""
+    try:
+        return str(Path(path).resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return str(path)
